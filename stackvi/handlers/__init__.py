@@ -1,0 +1,39 @@
+"""Effect handlers: NumPyro ``Messenger`` subclasses, usable as context managers and wrappers.
+
+Tracing and scoring: :class:`trace` (NumPyro's), :class:`density`.
+Gradient strategies: :class:`reparam`, :class:`reinforce`, :class:`strategies`,
+:class:`configure`, and :func:`simulate` (run a guide under its strategies).
+NumPyro's handlers are re-exported unchanged: ``seed``, ``substitute``,
+``replay``, ``condition``, ``block``, ``scale``, ``mask``.
+"""
+
+from numpyro.handlers import block, condition, mask, replay, scale, seed, substitute, trace
+
+from stackvi.handlers.density import density, trace_terms
+from stackvi.handlers.strategies import (
+    Strategy,
+    configure,
+    reinforce,
+    reparam,
+    simulate,
+    strategies,
+)
+
+__all__ = [
+    "trace",
+    "density",
+    "trace_terms",
+    "seed",
+    "substitute",
+    "replay",
+    "condition",
+    "block",
+    "scale",
+    "mask",
+    "Strategy",
+    "reparam",
+    "reinforce",
+    "strategies",
+    "configure",
+    "simulate",
+]
