@@ -39,6 +39,10 @@ __all__ = ["Baseline", "MovingAverage", "LeaveOneOut", "resolve"]
 class Baseline:
     """Base class: no state, zero baseline."""
 
+    # True when the baseline is only valid for objectives that return Terms
+    # (per-particle signals); on a scalar objective it would see its own sample.
+    needs_terms: bool = False
+
     def init_state(self) -> Any:
         return ()
 
@@ -81,6 +85,8 @@ class MovingAverage(Baseline):
 
 class LeaveOneOut(Baseline):
     """Each particle's baseline is the mean learning signal of the other particles."""
+
+    needs_terms = True
 
     def __init__(self, axis: str = "particles"):
         self.axis = axis

@@ -47,6 +47,7 @@ from numpyro.primitives import Messenger
 
 from stackvi.handlers.density import trace_terms
 from stackvi.handlers.strategies import Node, _current_collector, collect_nodes, simulate
+from stackvi.sharding import constrain_particles
 from stackvi.terms import Term, Terms
 
 __all__ = [
@@ -100,7 +101,9 @@ def particles(fn: Callable, num: int, axis: str = PARTICLES) -> Callable:
                 out = seed(fn, k)(*args, **kwargs)
             return out, tuple(nodes)
 
-        out, nodes = jax.vmap(one)(random.split(key, num))
+        # Under stackvi.sharding.sharded_particles the particles split over devices.
+        keys = constrain_particles(random.split(key, num))
+        out, nodes = jax.vmap(one)(keys)
         parent = _current_collector()
         if parent is not None:
             parent.extend(
@@ -186,6 +189,15 @@ def surrogate(value: Terms | jax.Array, nodes: list[Node], state: dict | None = 
             signal = jnp.broadcast_to(total, lp.shape)
         signal = sg(signal)
         if node.baseline is not None:
+            if node.baseline.needs_terms and not isinstance(value, Terms):
+                # Every particle's signal is the same scalar, so the other particles'
+                # mean *is* this particle's signal: silently biased, never allowed.
+                raise ValueError(
+                    f"site '{node.label}': baseline {node.baseline!r} needs an objective "
+                    "that returns Terms (per-particle learning signals, e.g. "
+                    "estimators.elbo(..., num_particles=K)), but this objective returns a "
+                    "scalar. Use baseline='ema' (MovingAverage) here instead."
+                )
             st = (state or {}).get(node.label, node.baseline.init_state())
             b, new_state[node.label] = node.baseline(signal, names, st)
             signal = signal - sg(b)
@@ -303,7 +315,7 @@ class Objective:
         return {t.label: float(jnp.sum(t.array)) for t in value.terms}
 
     def check_finite(self, params, rng_key, *args, **kwargs) -> jax.Array:
-        """The estimate, or a :class:`NonFiniteError` naming the sites whose log-density is not finite."""
+        """The estimate, or a :class:`NonFiniteError` naming the non-finite sites."""
         value = self.estimate(params, rng_key, *args, **kwargs)
         if not bool(jnp.isfinite(value)):
             raise NonFiniteError(non_finite_message(self, params, rng_key, args, kwargs))

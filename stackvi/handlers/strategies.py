@@ -153,8 +153,9 @@ class reinforce(Strategy):
         collector = _current_collector()
         if collector is not None:
             collector.append(
+                # resolve: infer={"baseline": "loo"} written in the model is a plain string.
                 Node(msg["name"], site_log_prob({**msg, "scale": None}),
-                     msg["infer"].get("baseline"))
+                     _baselines.resolve(msg["infer"].get("baseline")))
             )
 
 
