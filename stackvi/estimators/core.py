@@ -45,6 +45,7 @@ from numpyro.distributions import biject_to, constraints
 from numpyro.handlers import replay, seed, trace
 from numpyro.primitives import Messenger
 
+from stackvi.estimators.signals import LearningSignal
 from stackvi.handlers.density import trace_terms
 from stackvi.handlers.strategies import Node, _current_collector, collect_nodes, simulate
 from stackvi.sharding import constrain_particles
@@ -168,8 +169,12 @@ def log_weight(model: Callable, guide: Callable) -> Callable:
 
 
 def surrogate(value: Terms | jax.Array, nodes: list[Node], state: dict | None = None):
-    """``(value_scalar, surrogate_scalar, new_state)`` for a program's value and nodes."""
-    if isinstance(value, Terms):
+    """``(value_scalar, surrogate_scalar, new_state)`` for a program's value and nodes.
+
+    ``value`` may also be a :class:`~stackvi.estimators.signals.LearningSignal`
+    (a scalar plus per-particle learning signals, e.g. VIMCO's).
+    """
+    if isinstance(value, (Terms, LearningSignal)):
         total = value.total()
     else:
         total = jnp.asarray(value)
@@ -185,6 +190,8 @@ def surrogate(value: Terms | jax.Array, nodes: list[Node], state: dict | None = 
         lp, names = node.log_prob.array, node.log_prob.names
         if isinstance(value, Terms):
             signal = jnp.broadcast_to(value.per(names), lp.shape)
+        elif isinstance(value, LearningSignal):
+            signal = value.for_node(names, lp.shape)
         else:
             signal = jnp.broadcast_to(total, lp.shape)
         signal = sg(signal)
@@ -284,7 +291,7 @@ class Objective:
     def estimate(self, params, rng_key, *args, **kwargs) -> jax.Array:
         """A Monte Carlo estimate of the objective."""
         value, _ = self.run(params, rng_key, *args, **kwargs)
-        return value.total() if isinstance(value, Terms) else jnp.asarray(value)
+        return value.total() if isinstance(value, (Terms, LearningSignal)) else jnp.asarray(value)
 
     def init_state(self, params, rng_key, *args, **kwargs) -> dict:
         """Initial state of the baselines (empty when no site has a stateful baseline)."""
@@ -310,6 +317,8 @@ class Objective:
     def diagnose(self, params, rng_key, *args, **kwargs) -> dict[str, float]:
         """Per-term totals of one estimate (eager); non-finite ones point at the culprit site."""
         value, _ = self.run(params, rng_key, *args, **kwargs)
+        if isinstance(value, LearningSignal):
+            value = value.total()
         if not isinstance(value, Terms):
             return {self.name: float(value)}
         return {t.label: float(jnp.sum(t.array)) for t in value.terms}
