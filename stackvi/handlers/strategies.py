@@ -264,6 +264,14 @@ class _resolve(Messenger):
             return
         if msg["value"] is not None and not msg["infer"].get("_stackvi_owns_value"):
             return  # replayed / substituted: not sampled here
+        msg["infer"] = {**msg["infer"], "_stackvi_sampled": True}
+
+    def postprocess_message(self, msg):
+        if not (_is_latent(msg) and msg["infer"].get("_stackvi_sampled")):
+            return
+        # The default is claimed here, not in process_message: strategy handlers
+        # used as context managers *around* simulate are outer to _resolve, and
+        # their process_message (their claim) runs after ours.
         if "strategy" not in msg["infer"]:
             default = "reparam" if msg["fn"].has_rsample else "reinforce"
             _claim(msg, default, {}, "default")
@@ -274,11 +282,7 @@ class _resolve(Messenger):
                 f"known: {sorted(STRATEGIES)}"
             )
         STRATEGIES[name].validate(msg, f"infer={{'strategy': '{name}'}}")
-        msg["infer"] = {**msg["infer"], "_stackvi_sampled": True}
-
-    def postprocess_message(self, msg):
-        if _is_latent(msg) and msg["infer"].get("_stackvi_sampled"):
-            STRATEGIES[msg["infer"]["strategy"]].transform(msg)
+        STRATEGIES[name].transform(msg)
 
 
 def simulate(fn: Callable, *args, **kwargs) -> dict:
