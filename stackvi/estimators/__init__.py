@@ -16,7 +16,14 @@ from stackvi.estimators.core import (
     score_model,
     surrogate,
 )
+from stackvi.estimators.dreg import dreg
 from stackvi.estimators.elbo import elbo
+from stackvi.estimators.hvi import diwhvi, hvi, iwhvi
+from stackvi.estimators.iwae import iwae
+from stackvi.estimators.renyi import renyi
+from stackvi.estimators.rws import rws
+from stackvi.estimators.signals import LearningSignal
+from stackvi.estimators.vimco import vimco
 
 __all__ = [
     "Objective",
@@ -26,4 +33,13 @@ __all__ = [
     "particles",
     "score_model",
     "surrogate",
+    "LearningSignal",
+    "iwae",
+    "renyi",
+    "vimco",
+    "dreg",
+    "rws",
+    "hvi",
+    "iwhvi",
+    "diwhvi",
 ]

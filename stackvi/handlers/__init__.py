@@ -10,6 +10,7 @@ NumPyro's handlers are re-exported unchanged: ``seed``, ``substitute``,
 from numpyro.handlers import block, condition, mask, replay, scale, seed, substitute, trace
 
 from stackvi.handlers.density import density, trace_terms
+from stackvi.handlers.stop import stop_params, stop_samples
 from stackvi.handlers.strategies import (
     Strategy,
     configure,
@@ -36,4 +37,6 @@ __all__ = [
     "strategies",
     "configure",
     "simulate",
+    "stop_params",
+    "stop_samples",
 ]
