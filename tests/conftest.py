@@ -162,7 +162,10 @@ class RebarToy:
 
     def guide(self, eta0: float = 0.0):
         eta = numpyro.param("eta", eta0)
-        numpyro.sample("b", dist.Bernoulli(logits=eta))
+        # probs=σ(η), not logits=η: NumPyro's Bernoulli(logits).log_prob has a wrong
+        # gradient at logits == 0 exactly under this JAX (|x|' = 1 at 0), and η = 0 is
+        # the toy's standard point.
+        numpyro.sample("b", dist.Bernoulli(probs=jax.nn.sigmoid(eta)))
 
     def objective(self, guide=None) -> Objective:
         guide = guide or self.guide
