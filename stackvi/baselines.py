@@ -19,6 +19,18 @@ Which one to use:
 * :class:`LeaveOneOut` — objectives linear in per-particle costs (``elbo``
   with ``num_particles >= 2``): each particle's baseline is the mean signal
   of the *other* particles, which are independent of it.
+* :class:`Learned` — any objective: a parameter per site (or a small network,
+  through ``fn``) trained jointly with the model and guide on the squared error
+  ``(L_g − b_g)²`` (like Pyro's neural baselines). Best when ``E[L_g]`` changes
+  with the data (amortized guides) or across plate elements.
+* :class:`FromFunction` — any objective: ``b_g = fn(site)``, your own value
+  (an analytic guess, a running estimate you keep yourself).
+
+``Learned`` and ``FromFunction`` compute ``b_g`` when the site is *claimed*,
+before it is sampled, so they cannot see the sample: unbiased by construction.
+Attach them with a handler (``reinforce(guide, baseline=...)``,
+``strategies(..., reinforce={"baseline": ...})`` or ``configure``) so that
+``Objective.init`` sees their parameters.
 
 >>> import jax.numpy as jnp
 >>> b, _ = LeaveOneOut()(jnp.array([1.0, 2.0, 3.0]), ("particles",), ())
@@ -33,7 +45,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Baseline", "MovingAverage", "LeaveOneOut", "resolve"]
+from stackvi.terms import Term, align
+
+__all__ = ["Baseline", "MovingAverage", "LeaveOneOut", "FromFunction", "Learned", "resolve"]
 
 
 class Baseline:
@@ -48,6 +62,15 @@ class Baseline:
 
     def __call__(self, signal: jax.Array, names: tuple[str, ...], state: Any):
         return jnp.zeros_like(signal), state
+
+    def evaluate(self, signal: jax.Array, node: Any, state: Any):
+        """``(b, new_state, fit_term)``: the estimator's entry point.
+
+        ``fit_term`` is added to the surrogate (value 0); only trained
+        baselines have a nonzero one.
+        """
+        b, state = self(signal, node.log_prob.names, state)
+        return b, state, jnp.zeros(())
 
 
 class _EMAState(NamedTuple):
@@ -107,6 +130,106 @@ class LeaveOneOut(Baseline):
 
     def __repr__(self):
         return f"LeaveOneOut(axis='{self.axis}')"
+
+
+class FromFunction(Baseline):
+    """``b = fn(site)``: a value you supply, computed when the site is claimed (before sampling).
+
+    ``fn`` gets the site's message (``site["fn"]`` is its distribution) and
+    returns an array that broadcasts to the site's batch shape.
+
+    >>> import jax, numpyro, numpyro.distributions as dist
+    >>> from stackvi import estimators, handlers
+    >>> def model():
+    ...     numpyro.sample("b", dist.Bernoulli(0.5))
+    >>> def guide():
+    ...     numpyro.sample("b", dist.Bernoulli(numpyro.param("p", 0.3)))
+    >>> g = handlers.reinforce(guide, sites=["b"], baseline=FromFunction(lambda site: -0.7))
+    >>> obj = estimators.elbo(model, g)
+    >>> _, grads = obj.value_and_grad(obj.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1))
+    >>> sorted(grads)
+    ['p']
+    """
+
+    def __init__(self, fn):
+        if not callable(fn):
+            raise ValueError(f"FromFunction needs a callable fn(site) -> baseline, got {fn!r}")
+        self.fn = fn
+
+    def register(self, msg: dict) -> jax.Array:
+        """Called at claim time, inside the trace: compute (and register params for) ``b``."""
+        return jnp.asarray(self.fn(msg))
+
+    def _value(self, signal, node):
+        for t in node.extra:
+            if t.label == "baseline":
+                return jnp.broadcast_to(align(t.array, t.names, node.log_prob.names), signal.shape)
+        raise ValueError(
+            f"site '{node.label}': baseline {self!r} has no value. Attach it with a handler "
+            "(reinforce(guide, baseline=...), strategies or configure) rather than an infer dict."
+        )
+
+    def evaluate(self, signal, node, state):
+        return self._value(signal, node), state, jnp.zeros(())
+
+    def __repr__(self):
+        return f"{type(self).__name__}({getattr(self.fn, '__name__', 'fn')})"
+
+
+class Learned(FromFunction):
+    """A baseline trained jointly on ``(L − b)²``: a param per site, or ``fn(site)`` using params.
+
+    Without ``fn`` it is one scalar param named ``name`` (default
+    ``"baseline:<site>"``), initialised at ``init``. With ``fn``, ``fn(site)``
+    may create params itself (``numpyro.param``, ``numpyro.module``) and
+    return ``b`` (e.g. a network of the data). The surrogate gains
+    ``−Σ(sg(L) − b)²`` minus its own value: zero in value, and its gradient
+    trains ``b``'s params by least squares while the guide's gradient uses
+    ``L − sg(b)``.
+
+    >>> import jax, numpyro, numpyro.distributions as dist
+    >>> from stackvi import estimators, handlers
+    >>> def model():
+    ...     numpyro.sample("b", dist.Bernoulli(0.5))
+    >>> def guide():
+    ...     numpyro.sample("b", dist.Bernoulli(numpyro.param("p", 0.3)))
+    >>> obj = estimators.elbo(model, handlers.reinforce(guide, baseline=Learned()))
+    >>> params = obj.init(jax.random.PRNGKey(0))
+    >>> sorted(params)
+    ['baseline:b', 'p']
+    """
+
+    def __init__(self, fn=None, init: float = 0.0, name: str | None = None):
+        self.fn, self.init, self.name = fn, init, name
+
+    def register(self, msg):
+        import numpyro  # local: baselines stays importable without the PPL machinery
+
+        if self.fn is not None:
+            return jnp.asarray(self.fn(msg))
+        return numpyro.param(self.name or f"baseline:{msg['name']}", jnp.asarray(self.init))
+
+    def evaluate(self, signal, node, state):
+        b = self._value(signal, node)
+        sq = jnp.sum((jax.lax.stop_gradient(signal) - b) ** 2)
+        return b, state, -(sq - jax.lax.stop_gradient(sq))
+
+    def __repr__(self):
+        return f"Learned(name={self.name!r})" if self.fn is None else "Learned(fn)"
+
+
+def baseline_term(msg: dict, value) -> Term:
+    """``value`` laid out like the site's log-density: plate axes named, others averaged."""
+    from stackvi import terms as _terms
+
+    batch = tuple(msg["fn"].batch_shape)
+    value = jnp.broadcast_to(jnp.asarray(value), jnp.broadcast_shapes(jnp.shape(value), batch))
+    frames = dict(_terms._DIM_NAMES[-1]) if _terms._DIM_NAMES else {}
+    frames.update({f.dim: f.name for f in msg.get("cond_indep_stack", ())})
+    nd = value.ndim
+    names = tuple(frames[i - nd] for i in range(nd) if (i - nd) in frames)
+    drop = tuple(i for i in range(nd) if (i - nd) not in frames)
+    return Term("baseline", jnp.mean(value, axis=drop) if drop else value, names)
 
 
 _NAMED = {"ema": MovingAverage, "moving_average": MovingAverage, "loo": LeaveOneOut,

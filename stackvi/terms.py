@@ -30,6 +30,10 @@ __all__ = ["Term", "Terms", "align", "site_log_prob"]
 
 Names = tuple[str, ...]
 
+# Named dims that are not plates (enumerated supports, MVD branches), keyed by
+# negative dim; pushed for one trace by stackvi.handlers.enumerate.enum_scope.
+_DIM_NAMES: list[dict[int, str]] = []
+
 
 def align(array: jax.Array, names: Names, target: Names) -> jax.Array:
     """Sum ``array`` over axes not in ``target`` and lay it out along ``target``.
@@ -149,7 +153,8 @@ def site_log_prob(site: dict, apply_scale: bool = True, label: str | None = None
     if apply_scale and site.get("scale") is not None:
         log_prob = log_prob * site["scale"]
     log_prob = jnp.asarray(log_prob)
-    frames = {f.dim: f.name for f in site.get("cond_indep_stack", ())}
+    frames = dict(_DIM_NAMES[-1]) if _DIM_NAMES else {}
+    frames.update({f.dim: f.name for f in site.get("cond_indep_stack", ())})
     return _named(site["name"] if label is None else label, log_prob, frames)
 
 

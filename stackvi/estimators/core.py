@@ -45,11 +45,14 @@ from numpyro.distributions import biject_to, constraints
 from numpyro.handlers import replay, seed, trace
 from numpyro.primitives import Messenger
 
+from stackvi.estimators.contract import exact_surrogate, expected_total, needs_contraction
+from stackvi.estimators.marginalize import model_terms
 from stackvi.estimators.signals import LearningSignal
 from stackvi.handlers.density import trace_terms
+from stackvi.handlers.enumerate import enum_scope
 from stackvi.handlers.strategies import Node, _current_collector, collect_nodes, simulate
 from stackvi.sharding import constrain_particles
-from stackvi.terms import Term, Terms
+from stackvi.terms import Terms
 
 __all__ = [
     "Objective",
@@ -70,11 +73,11 @@ class NonFiniteError(FloatingPointError):
 # --------------------------------------------------------------------------- nodes as pytrees
 
 def _node_flatten(node: Node):
-    return (node.log_prob,), (node.label, node.baseline)
+    return (node.log_prob, node.extra), (node.label, node.baseline, node.kind, node.info)
 
 
 def _node_unflatten(aux, children):
-    return Node(aux[0], children[0], aux[1])
+    return Node(aux[0], children[0], aux[1], aux[2], tuple(children[1]), aux[3])
 
 
 jax.tree_util.register_pytree_node(Node, _node_flatten, _node_unflatten)
@@ -107,11 +110,7 @@ def particles(fn: Callable, num: int, axis: str = PARTICLES) -> Callable:
         out, nodes = jax.vmap(one)(keys)
         parent = _current_collector()
         if parent is not None:
-            parent.extend(
-                Node(n.label, Term(n.log_prob.label, n.log_prob.array, (axis, *n.log_prob.names)),
-                     n.baseline)
-                for n in nodes
-            )
+            parent.extend(n.with_axis(axis) for n in nodes)
         return out.with_axis(axis) if isinstance(out, Terms) else out
 
     return run
@@ -128,6 +127,8 @@ def score_model(model: Callable, guide_trace: dict, *args, **kwargs) -> dict:
         if site["type"] != "sample" or site["is_observed"]:
             continue
         if name not in guide_trace:
+            if site["fn"].has_enumerate_support:
+                continue  # summed out exactly by log_weight (stackvi.estimators.marginalize)
             raise ValueError(
                 f"model latent site {_site_desc(site)} is not sampled by the guide: add it to "
                 "the guide, observe it, or marginalize it."
@@ -135,6 +136,9 @@ def score_model(model: Callable, guide_trace: dict, *args, **kwargs) -> dict:
         gsite = guide_trace[name]
         expected = tuple(site["fn"].shape())
         got = tuple(jnp.shape(gsite["value"]))
+        if gsite["infer"].get("_stackvi_owns_value"):
+            # enumerate/mvd lay their values out along extra dims left of the plates.
+            got, expected = _trailing(got, expected)
         if got != expected:
             raise ValueError(
                 f"site '{name}': the guide's value has shape {got} ({type(gsite['fn']).__name__})"
@@ -157,13 +161,28 @@ def score_model(model: Callable, guide_trace: dict, *args, **kwargs) -> dict:
     return model_trace
 
 
+def _trailing(got: tuple, expected: tuple) -> tuple[tuple, tuple]:
+    """Compare only dims both shapes have, 1s broadcasting (enumerated/branched values)."""
+    n = min(len(got), len(expected))
+    g, e = got[len(got) - n:], expected[len(expected) - n:]
+    ok = all(a == b or a == 1 or b == 1 for a, b in zip(g, e, strict=True))
+    return (e, e) if ok else (got, expected)
+
+
 def log_weight(model: Callable, guide: Callable) -> Callable:
-    """``(*args) -> Terms`` of ``log p(x, z) − log q(z)`` for one guide sample ``z``."""
+    """``(*args) -> Terms`` of ``log p(x, z) − log q(z)`` for one guide sample ``z``.
+
+    Model latents with finite support that the guide does not sample are
+    summed out exactly (:mod:`stackvi.estimators.marginalize`); guide sites
+    under ``enumerate``/``mvd`` get their extra named dims from ``enum_scope``.
+    """
 
     def run(*args, **kwargs):
-        guide_trace = simulate(guide, *args, **kwargs)
-        model_trace = score_model(model, guide_trace, *args, **kwargs)
-        return trace_terms(model_trace, prefix="p:") - trace_terms(guide_trace, prefix="q:")
+        with enum_scope(model, guide, args, kwargs):
+            guide_trace = simulate(guide, *args, **kwargs)
+            model_trace = score_model(model, guide_trace, *args, **kwargs)
+            p = model_terms(model, model_trace, guide_trace, args, kwargs)
+            return p - trace_terms(guide_trace, prefix="q:")
 
     return run
 
@@ -183,6 +202,9 @@ def surrogate(value: Terms | jax.Array, nodes: list[Node], state: dict | None = 
                 f"an objective program must return Terms or a scalar, got shape {total.shape}; "
                 "reduce it (sum/mean/logsumexp) first."
             )
+    if needs_contraction(nodes):
+        # enumerate / mvd sites: exact weights and extra branches (stackvi.estimators.contract)
+        return exact_surrogate(value, nodes, state)
     sg = jax.lax.stop_gradient
     out = total
     new_state = {}
@@ -206,7 +228,9 @@ def surrogate(value: Terms | jax.Array, nodes: list[Node], state: dict | None = 
                     "scalar. Use baseline='ema' (MovingAverage) here instead."
                 )
             st = (state or {}).get(node.label, node.baseline.init_state())
-            b, new_state[node.label] = node.baseline(signal, names, st)
+            # evaluate = __call__ plus, for learned baselines, their regression term
+            b, new_state[node.label], fit_term = node.baseline.evaluate(signal, node, st)
+            out = out + fit_term
             signal = signal - sg(b)
         out = out + jnp.sum((lp - sg(lp)) * signal)
     return total, out, new_state
@@ -290,7 +314,9 @@ class Objective:
 
     def estimate(self, params, rng_key, *args, **kwargs) -> jax.Array:
         """A Monte Carlo estimate of the objective."""
-        value, _ = self.run(params, rng_key, *args, **kwargs)
+        value, nodes = self.run(params, rng_key, *args, **kwargs)
+        if needs_contraction(nodes):
+            return expected_total(value, nodes)
         return value.total() if isinstance(value, (Terms, LearningSignal)) else jnp.asarray(value)
 
     def init_state(self, params, rng_key, *args, **kwargs) -> dict:
@@ -354,5 +380,5 @@ def _unique_labels(nodes: list[Node]) -> list[Node]:
     for n in nodes:
         seen[n.label] = seen.get(n.label, 0) + 1
         label = n.label if seen[n.label] == 1 else f"{n.label}#{seen[n.label]}"
-        out.append(Node(label, n.log_prob, n.baseline))
+        out.append(n._replace(label=label))
     return out

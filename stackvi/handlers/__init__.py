@@ -10,6 +10,8 @@ NumPyro's handlers are re-exported unchanged: ``seed``, ``substitute``,
 from numpyro.handlers import block, condition, mask, replay, scale, seed, substitute, trace
 
 from stackvi.handlers.density import density, trace_terms
+from stackvi.handlers.enumerate import enum_scope, enumerate
+from stackvi.handlers.mvd import mvd
 from stackvi.handlers.stop import stop_params, stop_samples
 from stackvi.handlers.strategies import (
     Strategy,
@@ -39,4 +41,7 @@ __all__ = [
     "simulate",
     "stop_params",
     "stop_samples",
+    "enumerate",
+    "mvd",
+    "enum_scope",
 ]

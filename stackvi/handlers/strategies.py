@@ -77,6 +77,8 @@ def _claim(msg: dict, name: str, options: dict, claimer: str) -> None:
     # Copy: a user may pass one ``infer`` dict object to many sites.
     msg["infer"] = {**msg["infer"], "strategy": name, **options}
     STRATEGIES[name].validate(msg, claimer)
+    # Strategies that lay out values themselves (enumerate, mvd) do it now, before sampling.
+    STRATEGIES[name].prepare(msg)
 
 
 class Strategy(Messenger):
@@ -113,6 +115,11 @@ class Strategy(Messenger):
     def transform(msg: dict) -> None:
         pass
 
+    # Set the value before sampling (enumerate, mvd): called when the claim is made.
+    @staticmethod
+    def prepare(msg: dict) -> None:
+        pass
+
 
 class reparam(Strategy):
     """Pathwise gradients: the sample is a differentiable function of the parameters.
@@ -146,16 +153,27 @@ class reinforce(Strategy):
         super().__init__(fn, sites, baseline=_baselines.resolve(baseline))
 
     @staticmethod
+    def prepare(msg):
+        # Learned / FromFunction baselines compute their value now, before the sample exists.
+        baseline = _baselines.resolve(msg["infer"].get("baseline"))
+        if hasattr(baseline, "register"):
+            value = baseline.register(msg)
+            msg["infer"] = {**msg["infer"], "_stackvi_baseline": value}
+
+    @staticmethod
     def transform(msg):
         msg["value"] = jax.lax.stop_gradient(msg["value"])
         # Cached intermediates would carry the pathwise gradient into log q.
         msg["intermediates"] = []
         collector = _current_collector()
         if collector is not None:
+            extra = ()
+            if "_stackvi_baseline" in msg["infer"]:
+                extra = (_baselines.baseline_term(msg, msg["infer"]["_stackvi_baseline"]),)
             collector.append(
                 # resolve: infer={"baseline": "loo"} written in the model is a plain string.
                 Node(msg["name"], site_log_prob({**msg, "scale": None}),
-                     _baselines.resolve(msg["infer"].get("baseline")))
+                     _baselines.resolve(msg["infer"].get("baseline")), extra=extra)
             )
 
 
@@ -226,11 +244,26 @@ class configure(Messenger):
 
 
 class Node(NamedTuple):
-    """A non-pathwise sample: its log-density (named axes) and its baseline."""
+    """A non-pathwise sample: its log-density (named axes) and its baseline.
+
+    ``kind`` says which gradient rule applies (``"reinforce"``, ``"enumerate"``:
+    ``log_prob`` are the exact weights of an enumerated support, ``"mvd"``);
+    ``extra`` holds further :class:`Term` s the rule needs (traced arrays), and
+    ``info`` static data (hashable).
+    """
 
     label: str
     log_prob: Term
     baseline: Any = None
+    kind: str = "reinforce"
+    extra: tuple = ()
+    info: Any = None
+
+    def with_axis(self, axis: str) -> Node:
+        """The same node after a leading axis ``axis`` was stacked on (by ``vmap``)."""
+        def add(t: Term) -> Term:
+            return Term(t.label, t.array, (axis, *t.names))
+        return self._replace(log_prob=add(self.log_prob), extra=tuple(add(t) for t in self.extra))
 
 
 _COLLECTORS: list[list[Node]] = []
@@ -265,6 +298,11 @@ class _resolve(Messenger):
         if msg["value"] is not None and not msg["infer"].get("_stackvi_owns_value"):
             return  # replayed / substituted: not sampled here
         msg["infer"] = {**msg["infer"], "_stackvi_sampled": True}
+        # Claims written in the site's infer dict never pass through _claim.
+        if "strategy" not in msg["infer"] and msg["infer"].get("enumerate") == "parallel":
+            _claim(msg, "enumerate", {}, "infer={'enumerate': 'parallel'}")
+        elif msg["infer"].get("strategy") in STRATEGIES and msg["value"] is None:
+            STRATEGIES[msg["infer"]["strategy"]].prepare(msg)
 
     def postprocess_message(self, msg):
         if not (_is_latent(msg) and msg["infer"].get("_stackvi_sampled")):
