@@ -2,8 +2,10 @@
 
 * :mod:`stackvi.models.vae` — a variational autoencoder (the bundled default
   of ``stackvi fit`` and the model of ``benchmarks/vae.py``).
+* :mod:`stackvi.models.cone` — the noisy cone (DESIGN.md §7), its mean-field
+  and hierarchical (ring) guides and a reverse model for ``marginal``.
 """
 
-from stackvi.models import vae
+from stackvi.models import cone, vae
 
-__all__ = ["vae"]
+__all__ = ["cone", "vae"]
