@@ -107,7 +107,13 @@ def particles(fn: Callable, num: int, axis: str = PARTICLES) -> Callable:
 
         # Under stackvi.sharding.sharded_particles the particles split over devices.
         keys = constrain_particles(random.split(key, num))
-        out, nodes = jax.vmap(one)(keys)
+        if num == 1:
+            # Same key and result as vmap over one particle, without the batch axis
+            # inside: vmap's axis makes XLA materialize transposed copies of every
+            # activation gradient (+60% per step on the 784-200-10 VAE, batch 1024).
+            out, nodes = jax.tree_util.tree_map(lambda a: jnp.expand_dims(a, 0), one(keys[0]))
+        else:
+            out, nodes = jax.vmap(one)(keys)
         parent = _current_collector()
         if parent is not None:
             parent.extend(n.with_axis(axis) for n in nodes)
