@@ -50,6 +50,7 @@ __all__ = [
     "guide",
     "reconstruct",
     "generate",
+    "plot_digits",
     "digits_data",
     "mnist_data",
     "DIGITS",
@@ -111,6 +112,34 @@ def generate(params: dict, rng_key: jax.Array, num: int, out_dim: int, hidden_di
     """Pixel probabilities of ``num`` images decoded from prior samples of ``z``."""
     z = jax.random.normal(rng_key, (num, z_dim))
     return jax.nn.sigmoid(decoder(hidden_dim, out_dim)[1](params["decoder$params"], z))
+
+
+def plot_digits(params: dict, x: jax.Array, path, rng_key: jax.Array, num: int = 10,
+                hidden_dim: int = 200, z_dim: int = 10) -> None:
+    """Save a PNG: ``num`` images of ``x``, their reconstructions, and ``num`` samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    side = int(round(x.shape[-1] ** 0.5))
+    rows = {
+        "data": np.asarray(x[:num]),
+        "reconstruction": np.asarray(reconstruct(params, x[:num], hidden_dim, z_dim)),
+        "sample": np.asarray(generate(params, rng_key, num, x.shape[-1], hidden_dim, z_dim)),
+    }
+    fig, axes = plt.subplots(len(rows), num, figsize=(num * 0.8, len(rows) * 0.95))
+    for r, (label, images) in enumerate(rows.items()):
+        for c in range(num):
+            ax = axes[r, c]
+            ax.imshow(images[c].reshape(side, side), cmap="gray_r", vmin=0.0, vmax=1.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def digits_data(subsample_size: int | None = 128) -> tuple[tuple, dict]:
