@@ -261,7 +261,7 @@ def mixed_guide():
 
 
 def mixed_exact(p):
-    """Σ_i Σ_{a,b} q(a) q(b|a) E_z[−(z − a − 2b + .3)² − .1 e^{.3z}] (E e^{.3z} = e^{.3m + .045})."""
+    """Σ_i Σ_{a,b} q(a) q(b|a) E_z[−(z − a − 2b + .3)² − .1 e^{.3z}]; E e^{.3z} = e^{.3m+.045}."""
     total = 0.0
     qa1 = jax.nn.sigmoid(p["alpha"])
     for a in (0.0, 1.0):
@@ -285,7 +285,7 @@ def test_mixed_strategy_guide_unbiased():
         assert_unbiased(grads[k], grad_exact[k], f"mixed d/d{k}")
 
 
-# --------------------------------------------------------------------------- vs NumPyro TraceGraph_ELBO
+# ---------------------------------------------------------------- vs NumPyro TraceGraph_ELBO
 
 X = jnp.array([0.3, 2.1, -0.4])
 
