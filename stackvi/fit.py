@@ -117,7 +117,9 @@ def fit(
     single_step = jax.jit(step)
     chunk = chunk_size or max(1, min(num_steps, num_steps // 100 or 1))
     keys = jax.random.split(rng_key, num_steps)
-    carry = (params, opt_state, bstate)
+    # A weakly typed leaf (numpyro.param("m", 0.0)) turns strong after one update, which
+    # would compile run_chunk up to three times: make every leaf strong up front.
+    carry = jax.tree_util.tree_map(_strong, (params, opt_state, bstate))
     done = 0
     with tqdm(total=num_steps, disable=not progress, desc=objective.name) as bar:
         while done < num_steps:
@@ -139,6 +141,12 @@ def fit(
     if checkpoint is not None:
         save(checkpoint, result)
     return result
+
+
+def _strong(x):
+    if getattr(x, "weak_type", False):
+        return jnp.asarray(x, dtype=x.dtype)
+    return x
 
 
 def _raise_non_finite(objective, single_step, carry, keys, values, dynamic, merge, offset):
