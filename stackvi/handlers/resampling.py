@@ -24,7 +24,7 @@ that produces all of it at once, an interval.
 >>> a.shape, bool(jnp.all((a >= 0) & (a < 4)))
 ((4,), True)
 >>> round(float(log_prob("multinomial", lw, jnp.array([3, 3, 2, 1]))), 4)  # log .4·.4·.3·.2
--4.2687
+-4.646
 """
 
 from __future__ import annotations

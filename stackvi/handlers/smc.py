@@ -72,6 +72,7 @@ from numpyro.handlers import block, condition, seed, substitute, trace
 from numpyro.ops.pytree import PytreeTrace
 from numpyro.primitives import Messenger
 
+from stackvi import baselines as _baselines
 from stackvi.handlers import resampling as _rs
 from stackvi.handlers.strategies import Node, _current_collector
 from stackvi.terms import Term, site_log_prob
@@ -150,7 +151,9 @@ class smc_marginalize(Messenger):
     ``resampling``: ``'multinomial'``, ``'stratified'`` or ``'systematic'``;
     ``ess_threshold``: resample when ESS ≤ ``ess_threshold·K`` (1: every step,
     0: never); ``resampling_gradient``: ``'drop'`` (standard FIVO, biased) or
-    ``'score'`` (unbiased); ``name``: the site that carries ``log Ẑ``.
+    ``'score'`` (unbiased); ``baseline`` (``None``, ``'ema'`` or a
+    :class:`stackvi.baselines.Baseline`) for those score-function terms;
+    ``name``: the site that carries ``log Ẑ``.
     """
 
     def __init__(
@@ -161,6 +164,7 @@ class smc_marginalize(Messenger):
         resampling: str = "systematic",
         ess_threshold: float = 1.0,
         resampling_gradient: str = "drop",
+        baseline=None,
         name: str = "smc",
     ):
         if isinstance(num_particles, bool) or not isinstance(num_particles, int) \
@@ -182,6 +186,7 @@ class smc_marginalize(Messenger):
         self.resampling = _check_scheme(resampling)
         self.ess_threshold = float(ess_threshold)
         self.resampling_gradient = resampling_gradient
+        self.baseline = _baselines.resolve(baseline)
         self.name = name
         self.results: list[SMCResult] = []
         super().__init__(fn)
@@ -332,9 +337,11 @@ class smc_marginalize(Messenger):
         if collector is None:
             return
         if has_latent_score:
-            collector.append(Node(f"{site}:latents", Term(f"{site}:latents", score, ())))
+            collector.append(Node(f"{site}:latents", Term(f"{site}:latents", score, ()),
+                                  self.baseline))
         if self.resampling_gradient == "score":
-            collector.append(Node(f"{site}:ancestors", Term(f"{site}:ancestors", anc_score, ())))
+            collector.append(Node(f"{site}:ancestors", Term(f"{site}:ancestors", anc_score, ()),
+                                  self.baseline))
 
 
 class _FilterCall:
@@ -414,10 +421,11 @@ def smc_filter(model: Callable, rng_key: jax.Array, *args, num_particles: int = 
     """Run ``model`` once under :class:`smc_marginalize`; one :class:`SMCResult` per scan.
 
     Keyword arguments other than the handler's (``proposal``, ``resampling``,
-    ``ess_threshold``, ``resampling_gradient``, ``name``) go to the model.
+    ``ess_threshold``, ``resampling_gradient``, ``baseline``, ``name``) go to the model.
     """
     opts = {k: kwargs.pop(k) for k in ("proposal", "resampling", "ess_threshold",
-                                       "resampling_gradient", "name") if k in kwargs}
+                                       "resampling_gradient", "baseline", "name")
+            if k in kwargs}
     with smc_marginalize(num_particles=num_particles, **opts) as handler:
         seed(model, rng_key)(*args, **kwargs)
     return handler.results
