@@ -182,8 +182,10 @@ def objective_constructors() -> dict[str, Callable]:
         fn = getattr(estimators, name, None)
         if not inspect.isfunction(fn):
             continue
-        params = list(inspect.signature(fn).parameters)
-        if params[:2] == ["model", "guide"]:
+        sig = inspect.signature(fn)
+        returns = sig.return_annotation
+        if list(sig.parameters)[:2] == ["model", "guide"] and (
+                returns is inspect.Signature.empty or "Objective" in str(returns)):
             out[name] = fn
     return out
 
@@ -195,7 +197,13 @@ def make_objective(name: str, model: Callable, guide: Callable, particles: int):
     if particles < 1:
         raise CLIError(f"--particles must be >= 1, got {particles}")
     ctor = known[name]
-    if "num_particles" in inspect.signature(ctor).parameters:
+    params = inspect.signature(ctor).parameters
+    required = [p for p in list(params)[2:] if params[p].default is inspect.Parameter.empty
+                and params[p].kind in (params[p].POSITIONAL_OR_KEYWORD, params[p].KEYWORD_ONLY)]
+    if required:
+        raise CLIError(f"--objective {name} needs {required}, which the command line cannot "
+                       f"give: use stackvi.estimators.{name} from Python")
+    if "num_particles" in params:
         return ctor(model, guide, num_particles=particles)
     if particles != 1:
         raise CLIError(f"--objective {name} takes no number of particles; drop --particles")
