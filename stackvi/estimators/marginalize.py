@@ -43,6 +43,7 @@ from collections.abc import Callable
 from numpyro.handlers import infer_config, substitute
 
 from stackvi.handlers.density import trace_terms
+from stackvi.handlers.enumerate import check_site_shapes
 from stackvi.terms import Term, Terms
 
 __all__ = ["model_terms", "marginalized_sites"]
@@ -66,6 +67,7 @@ def _nesting(model_trace: dict) -> int:
 def model_terms(model: Callable, model_trace: dict, guide_trace: dict, args: tuple,
                 kwargs: dict) -> Terms:
     """The model's log-density terms at the guide's sample, discrete extras summed out."""
+    check_site_shapes(guide_trace, model_trace)
     hidden = marginalized_sites(model_trace, guide_trace)
     if not hidden:
         return trace_terms(model_trace, prefix="p:")

@@ -44,7 +44,7 @@ from stackvi import terms as _terms
 from stackvi.handlers.strategies import STRATEGIES, Node, Strategy, _current_collector, _dist_name
 from stackvi.terms import site_log_prob
 
-__all__ = ["enumerate", "enum_scope", "allocate_dim"]
+__all__ = ["enumerate", "enum_scope", "allocate_dim", "check_site_shapes"]
 
 
 class _Scope:
@@ -53,6 +53,7 @@ class _Scope:
     def __init__(self, model, guide, args, kwargs):
         self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
         self.next_dim: int | None = None
+        self.nesting: int | None = None
         self.names: dict[int, str] = {}
         self.disabled = False
 
@@ -109,13 +110,43 @@ def allocate_dim(msg: dict, prefix: str) -> tuple[int, str] | None:
     if scope is None or scope.disabled:
         return None
     if scope.next_dim is None:
-        scope.next_dim = -_max_nesting(scope) - 1
+        scope.nesting = _max_nesting(scope)
+        scope.next_dim = -scope.nesting - 1
     batch = msg["fn"].batch_shape
     dim = min(scope.next_dim, -len(batch) - 1)
     name = f"{prefix}:{msg['name']}"
     scope.next_dim = dim - 1
     scope.names[dim] = name
     return dim, name
+
+
+def check_site_shapes(*traces: dict) -> None:
+    """With enumerated/branched dims in play, plate dims must hold plates (or size 1).
+
+    A batch dim of size > 1 inside the plate region that no plate declares is
+    how an enumerated dim ends up misaligned (e.g. a cost summing a plated
+    enumerated site over its plate): it would be summed silently, so it is an
+    error, as in Pyro's ``TraceEnum_ELBO``.
+    """
+    scope = _current()
+    if scope is None or scope.nesting is None or not scope.names:
+        return
+    for tr in traces:
+        for name, site in tr.items():
+            if site["type"] != "sample":
+                continue
+            plates = {f.dim for f in site.get("cond_indep_stack", ()) if f.dim is not None}
+            batch = tuple(site["fn"].batch_shape)
+            for dim in range(-min(len(batch), scope.nesting), 0):
+                if batch[dim] != 1 and dim not in plates:
+                    raise ValueError(
+                        f"site '{name}' ({_dist_name(site)}): batch dim {dim} has size "
+                        f"{batch[dim]} but no plate declares it, while sites are enumerated "
+                        f"({sorted(scope.names.values())}). A cost that combines the elements of "
+                        "an enumerated plated site (e.g. sums over its plate) cannot be "
+                        "enumerated in parallel: use reinforce or mvd for that site, or declare "
+                        "the dim with a plate / .to_event()."
+                    )
 
 
 def _owned(msg: dict, value, dim: int, name: str) -> None:
