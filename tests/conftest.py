@@ -37,6 +37,28 @@ def keys(n: int, seed: int = 0) -> jax.Array:
     return jax.random.split(jax.random.PRNGKey(seed), n)
 
 
+_PER_KEY: dict = {}
+
+
+def per_key(obj: Objective, params, n: int, *args, seed: int = 0, state=None):
+    """``(values, grads)`` of ``obj.value_and_grad`` at ``n`` fixed keys (vmapped, jitted).
+
+    The compiled function is cached per objective and takes ``params`` (and the
+    baseline ``state``) as arguments, so hypothesis examples reuse one compilation.
+    """
+    entry = _PER_KEY.get(id(obj))
+    if entry is None or entry[0] is not obj:
+
+        def run(params, state, ks, *args):
+            if state is None:
+                return jax.vmap(lambda k: obj.value_and_grad(params, k, *args))(ks)
+            return jax.vmap(
+                lambda k: obj.value_and_grad_with_state(params, state, k, *args)[:2])(ks)
+
+        entry = _PER_KEY[id(obj)] = (obj, jax.jit(run))
+    return entry[1](params, state, keys(n, seed), *args)
+
+
 def assert_unbiased(samples, exact, what: str = "estimate", z: float = Z_SIGMAS) -> None:
     """z-test of the sample mean against ``exact`` with σ̂ from the samples (elementwise)."""
     samples = np.asarray(samples, dtype=np.float64)

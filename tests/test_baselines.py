@@ -20,7 +20,7 @@ from stackvi.baselines import _EMAState as EMAState
 from stackvi.estimators import Objective, particles
 from stackvi.handlers import reinforce, simulate
 from stackvi.terms import Term, Terms
-from tests.conftest import RebarToy, assert_lower_variance, assert_unbiased, keys
+from tests.conftest import RebarToy, assert_lower_variance, assert_unbiased, keys, per_key
 
 N = 20_000
 
@@ -58,10 +58,10 @@ def test_leave_one_out_exact():
 def test_leave_one_out_on_a_scalar_objective_is_a_clear_error(rebar):
     obj = rebar_particles(rebar, reinforce(rebar.guide, baseline="loo"), 4, scalar=True)
     with pytest.raises(ValueError, match=r"site 'b'.*LeaveOneOut.*returns a scalar.*'ema'"):
-        obj.value_and_grad({"eta": jnp.float32(0.3)}, jax.random.PRNGKey(0))
+        jax.jit(obj.value_and_grad)({"eta": jnp.float32(0.3)}, jax.random.PRNGKey(0))
     # the same objective returning Terms is fine
     ok = rebar_particles(rebar, reinforce(rebar.guide, baseline="loo"), 4)
-    ok.value_and_grad({"eta": jnp.float32(0.3)}, jax.random.PRNGKey(0))
+    jax.jit(ok.value_and_grad)({"eta": jnp.float32(0.3)}, jax.random.PRNGKey(0))
 
 
 # --------------------------------------------------------------------------- MovingAverage
@@ -115,33 +115,37 @@ def test_fit_threads_moving_average_state(rebar):
 
 
 def grads_over_keys(obj, params, state=None, n=N):
-    if state is None:
-        f = lambda k: obj.value_and_grad(params, k)[1]["eta"]
-    else:
-        f = lambda k: obj.value_and_grad_with_state(params, state, k)[1]["eta"]
-    return np.asarray(jax.jit(jax.vmap(f))(keys(n)))
+    return np.asarray(per_key(obj, params, n, state=state)[1]["eta"])
+
+
+TOY = RebarToy()
+OBJS = {
+    "plain": TOY.objective(reinforce(TOY.guide)),
+    "ema": TOY.objective(reinforce(TOY.guide, baseline="ema")),
+    "loo4": rebar_particles(TOY, reinforce(TOY.guide, baseline="loo"), 4),
+    "none4": rebar_particles(TOY, reinforce(TOY.guide), 4),
+}
 
 
 @settings(max_examples=2, deadline=None)
 @given(eta=st.floats(-1.5, 1.5))
 def test_each_baseline_keeps_the_mean_and_reduces_the_variance(eta):
-    toy = RebarToy()
+    toy = TOY
     params = {"eta": jnp.float32(eta)}
     exact = toy.grad(eta)
 
-    plain = grads_over_keys(toy.objective(reinforce(toy.guide)), params)
+    plain = grads_over_keys(OBJS["plain"], params)
     assert_unbiased(plain, exact, "no baseline")
 
     # MovingAverage, warmed up: any b independent of this step's sample keeps the mean
-    ema = toy.objective(reinforce(toy.guide, baseline="ema"))
     warm = {"b": EMAState(jnp.float32(toy.value(eta)), jnp.float32(1.0))}
-    g_ema = grads_over_keys(ema, params, warm)
+    g_ema = grads_over_keys(OBJS["ema"], params, warm)
     assert_unbiased(g_ema, exact, "moving average")
     assert_lower_variance(g_ema, plain, "moving average vs none")
 
     # LeaveOneOut over 4 particles, against the same objective without a baseline
-    loo4 = grads_over_keys(rebar_particles(toy, reinforce(toy.guide, baseline="loo"), 4), params)
-    none4 = grads_over_keys(rebar_particles(toy, reinforce(toy.guide), 4), params)
+    loo4 = grads_over_keys(OBJS["loo4"], params)
+    none4 = grads_over_keys(OBJS["none4"], params)
     assert_unbiased(loo4, exact, "leave-one-out, 4 particles")
     assert_unbiased(none4, exact, "no baseline, 4 particles")
     assert_lower_variance(loo4, none4, "leave-one-out vs none")

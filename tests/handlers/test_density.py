@@ -75,6 +75,9 @@ def numpyro_log_joint(model, values, x):
     return log_density(seed(model, 7), (x,), {}, values)[0]
 
 
+JITTED = jax.jit(stackvi_log_joint, static_argnums=0)
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 @settings(max_examples=3, deadline=None)
 @given(u=st.lists(st.floats(-2.0, 2.0, width=32), min_size=7, max_size=7))
@@ -83,7 +86,7 @@ def test_density_equals_numpyro_log_density(name, u):
     values = make(jnp.asarray(u, jnp.float32))
     expected = numpyro_log_joint(model, values, X)
     eager = stackvi_log_joint(model, values, X)
-    jitted = jax.jit(stackvi_log_joint, static_argnums=0)(model, values, X)
+    jitted = JITTED(model, values, X)
     np.testing.assert_allclose(eager, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(jitted, expected, rtol=1e-5, atol=1e-5)
 
