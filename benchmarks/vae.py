@@ -221,7 +221,8 @@ def benchmark(batch_sizes, repeats: int, steps: int, data: str, profile: bool):
                 times[name].append((time.perf_counter() - t) / steps)
         med = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
         comp = {name: m[1] for name, m in methods.items()}
-        rows.append((b, med, comp))
+        ops = {name: sum(hlo_op_counts(m[2]).values()) for name, m in methods.items()}
+        rows.append((b, med, comp, ops))
         print(f"batch {b}: " + ", ".join(f"{n} {med[n]:.3f} ms" for n in med), file=sys.stderr)
         if profile:
             for name, (_, _, compiled) in methods.items():
@@ -231,23 +232,33 @@ def benchmark(batch_sizes, repeats: int, steps: int, data: str, profile: bool):
     return rows, source
 
 
-def table(rows, source: str, repeats: int, steps: int) -> str:
+def _load() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "?"
+
+
+def table(rows, source: str, repeats: int, steps: int, load_before: str) -> str:
     dev = jax.devices()[0]
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
-        f"visible, JAX {jax.__version__} on {dev.platform} ({dev.device_kind}); "
-        f"data: {source}. Median of {repeats} repeats of {steps} steps; compile = lower + "
-        "compile of the jitted step.",
+        f"visible, JAX {jax.__version__} on {dev.platform} ({dev.device_kind}); load average "
+        f"{load_before} before, {_load()} after (above the core count, timings are noisy). "
+        f"Data: {source}. Median of {repeats} repeats of {steps} steps; compile = lower + "
+        "compile of the jitted step; HLO ops = instructions of the optimized module.",
         "",
         "| batch | stackvi ms/step | hand ms/step | NumPyro ms/step | stackvi / hand "
-        "| stackvi / NumPyro | compile s (stackvi / hand / NumPyro) |",
-        "|---:|---:|---:|---:|---:|---:|---|",
+        "| stackvi / NumPyro | compile s (stackvi / hand / NumPyro) "
+        "| HLO ops (stackvi / hand / NumPyro) |",
+        "|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    for b, med, comp in rows:
+    for b, med, comp, ops in rows:
         lines.append(
             f"| {b} | {med['stackvi']:.3f} | {med['hand']:.3f} | {med['numpyro']:.3f} "
             f"| {med['stackvi'] / med['hand']:.3f} | {med['stackvi'] / med['numpyro']:.3f} "
-            f"| {comp['stackvi']:.2f} / {comp['hand']:.2f} / {comp['numpyro']:.2f} |"
+            f"| {comp['stackvi']:.2f} / {comp['hand']:.2f} / {comp['numpyro']:.2f} "
+            f"| {ops['stackvi']} / {ops['hand']} / {ops['numpyro']} |"
         )
     lines += ["", "Targets: stackvi / hand ≤ 1.05, stackvi / NumPyro ≤ 1.0."]
     return "\n".join(lines)
@@ -280,13 +291,14 @@ def main(argv=None) -> None:
     batch_sizes = [64, 256] if a.quick else a.batch_sizes
     repeats = a.repeats or (3 if a.quick else 15)
     steps = a.steps or (10 if a.quick else 50)
+    load_before = _load()
     z_value, z_grad = check_same_estimator(64, a.data)
     print(f"same estimator check (stackvi vs hand, 32 keys each): ELBO means differ by "
           f"{z_value:.2f} s.e., gradient projections by {z_grad:.2f} s.e.", file=sys.stderr)
     if max(z_value, z_grad) > 4:
         raise SystemExit("stackvi and the hand-written step estimate different things")
     rows, source = benchmark(batch_sizes, repeats, steps, a.data, a.profile)
-    text = table(rows, source, repeats, steps)
+    text = table(rows, source, repeats, steps, load_before)
     print(text)
     if a.write_docs:
         write_docs(text)
