@@ -107,8 +107,8 @@ print(f"posterior median of mu:  stackvi {float(q_sv['mu']):.2f}   NumPyro {floa
 # `theta_decentered`). Wrapping the *unchanged* guide in a strategy handler picks
 # the gradient rule per site; here we force the score-function estimator (with a
 # leave-one-out baseline over 8 particles) on `mu`, and compare its gradient with
-# the default pathwise one. Both are unbiased, so their means must agree; the
-# score function pays in variance.
+# the default pathwise one. Both are unbiased, so their means must agree within
+# their Monte Carlo error; their spreads show what each estimator costs.
 
 # %%
 annotated = handlers.strategies(guide, {"reinforce": ["mu"]}, reinforce={"baseline": "loo"})
@@ -124,7 +124,6 @@ for label, samples in g.items():
           f"{samples.std() / np.sqrt(samples.size):.4f}, std {samples.std():.3f}")
 a, b = g.values()
 assert abs(a.mean() - b.mean()) < 4 * np.hypot(a.std(), b.std()) / np.sqrt(a.size)
-assert b.std() > a.std()
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
