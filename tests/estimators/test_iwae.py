@@ -38,7 +38,7 @@ def test_iwae_is_nondecreasing_in_k_and_converges_to_log_evidence(normal_normal)
 
     n = 2000
     means, ses = [], []
-    ks = [1, 3, 10, 100]
+    ks = [1, 10, 100]
     for i, k in enumerate(ks):
         est = _estimates(estimators.iwae(nn.model, nn.guide, k), params, nn.data, n, seed=i)
         if k == 1:

@@ -31,13 +31,15 @@ def _train(obj, steps, lr=0.02):
     return res.raw_params
 
 
-def _check_trained_bounds(steps: int, num_samples: int) -> dict:
+def _check_trained_bounds(steps: int, num_samples: int, skip: tuple = ()) -> dict:
     objs = cone.objectives()
     labels = list(objs)
     mf_params = _train(objs[labels[0]], steps)          # mean-field, trained by its ELBO
     hier_params = _train(objs[labels[3]], steps)        # the ring, trained by IWHVI
     results = {}
     for i, (label, obj) in enumerate(objs.items()):
+        if i in skip:
+            continue
         params = mf_params if i < 2 else hier_params
         results[label] = cone.bound(obj, params, jax.random.PRNGKey(10 + i), num_samples)
     for label, (mean, se) in results.items():
@@ -57,7 +59,7 @@ def _check_trained_bounds(steps: int, num_samples: int) -> dict:
 
 
 def test_trained_cone_bounds_brief():
-    _check_trained_bounds(steps=300, num_samples=2000)
+    _check_trained_bounds(steps=200, num_samples=1000, skip=(1,))  # IWELBO only in the long one
 
 
 @pytest.mark.slow
