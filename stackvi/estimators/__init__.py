@@ -37,6 +37,7 @@ from stackvi.estimators.core import (
 )
 from stackvi.estimators.dreg import dreg
 from stackvi.estimators.elbo import elbo
+from stackvi.estimators.fivo import fivo
 from stackvi.estimators.hvi import diwhvi, hvi, iwhvi
 from stackvi.estimators.iwae import iwae
 from stackvi.estimators.renyi import renyi
@@ -61,4 +62,5 @@ __all__ = [
     "hvi",
     "iwhvi",
     "diwhvi",
+    "fivo",
 ]

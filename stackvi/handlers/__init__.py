@@ -3,6 +3,8 @@
 Tracing and scoring: :class:`trace` (NumPyro's), :class:`density`.
 Gradient strategies: :class:`reparam`, :class:`reinforce`, :class:`strategies`,
 :class:`configure`, and :func:`simulate` (run a guide under its strategies).
+Marginalization: :class:`smc_marginalize` (a particle filter in place of a
+``scan``; :func:`smc_filter` runs one and returns its :class:`SMCResult`).
 NumPyro's handlers are re-exported unchanged: ``seed``, ``substitute``,
 ``replay``, ``condition``, ``block``, ``scale``, ``mask``.
 """
@@ -12,6 +14,7 @@ from numpyro.handlers import block, condition, mask, replay, scale, seed, substi
 from stackvi.handlers.density import density, trace_terms
 from stackvi.handlers.enumerate import enum_scope, enumerate
 from stackvi.handlers.mvd import mvd
+from stackvi.handlers.smc import SMCResult, smc_filter, smc_marginalize
 from stackvi.handlers.stop import stop_params, stop_samples
 from stackvi.handlers.strategies import (
     Strategy,
@@ -44,4 +47,7 @@ __all__ = [
     "enumerate",
     "mvd",
     "enum_scope",
+    "smc_marginalize",
+    "smc_filter",
+    "SMCResult",
 ]

@@ -50,11 +50,15 @@ HMM_LOG_Z = hmm_forward(YH, **HMM)
 
 
 def optimal_proposal(A, C, r=OBS_VAR):
-    """The locally optimal proposal p(x_t | x_{t−1}, y_t) of the LGSSM (low-variance weights)."""
+    """The locally optimal proposal p(x_t | x_{t−1}, y_t) of the LGSSM (low-variance weights).
+
+    Its covariance ``(I + CᵀC/r)⁻¹`` is diagonal because ``C = [I | 0]``.
+    """
     cov = jnp.linalg.inv(jnp.eye(A.shape[0]) + C.T @ C / r)
+    sd = jnp.sqrt(jnp.diag(cov))
 
     def proposal(x_prev, y_t):
-        numpyro.sample("x", dist.MultivariateNormal(cov @ (A @ x_prev + C.T @ y_t / r), cov))
+        numpyro.sample("x", dist.Normal(cov @ (A @ x_prev + C.T @ y_t / r), sd).to_event(1))
 
     return proposal
 
@@ -69,15 +73,16 @@ def log_evidence(model, args, num_particles, n, seed=0, **opts) -> np.ndarray:
 # --------------------------------------------------------------------------- exactness
 
 
-@pytest.mark.parametrize("scheme", ["multinomial", "stratified", "systematic"])
-def test_lgssm_evidence_is_unbiased(scheme):
+@pytest.mark.parametrize("scheme,ess_threshold", [("multinomial", 1.0), ("stratified", 0.5),
+                                                  ("systematic", 1.0)])
+def test_lgssm_evidence_is_unbiased(scheme, ess_threshold):
     lz = log_evidence(lgssm_model, (Y, A, C), 8, 1000, seed=1, resampling=scheme,
-                      proposal=optimal_proposal(A, C))
-    assert_unbiased(np.exp(lz - float(LOG_Z)), 1.0, f"{scheme}: Ẑ/Z")
+                      ess_threshold=ess_threshold, proposal=optimal_proposal(A, C))
+    assert_unbiased(np.exp(lz - float(LOG_Z)), 1.0, f"{scheme} (ESS ≤ {ess_threshold}·K): Ẑ/Z")
 
 
 def test_lgssm_log_evidence_is_a_bound_nondecreasing_in_k():
-    n = 200
+    n = 100
     stats = []
     for k in (8, 64, 512):
         lz = log_evidence(lgssm_model, (Y, A, C), k, n, seed=2)  # bootstrap proposal
@@ -90,13 +95,15 @@ def test_lgssm_log_evidence_is_a_bound_nondecreasing_in_k():
     assert stats[-1][1] - stats[0][1] > Z_SIGMAS * math.hypot(stats[0][2], stats[-1][2])
 
 
-@pytest.mark.parametrize("scheme,ess_threshold", [("systematic", 1.0), ("stratified", 0.5)])
+@pytest.mark.parametrize("scheme,ess_threshold", [
+    ("systematic", 1.0), pytest.param("multinomial", 0.5, marks=pytest.mark.slow)])
 def test_hmm_evidence_against_forward_algorithm(scheme, ess_threshold):
     lz = log_evidence(hmm_model, (YH, *HMM.values()), 32, 500, seed=3, resampling=scheme,
                       ess_threshold=ess_threshold)
     assert_unbiased(np.exp(lz - float(HMM_LOG_Z)), 1.0, f"HMM {scheme}/{ess_threshold}: Ẑ/Z")
 
 
+@pytest.mark.slow
 def test_filtered_means_match_kalman():
     run = jax.jit(jax.vmap(lambda k: smc_filter(
         lgssm_model, k, Y, A, C, num_particles=500,
