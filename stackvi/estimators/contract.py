@@ -36,7 +36,8 @@ import jax.numpy as jnp
 from stackvi.handlers.strategies import Node
 from stackvi.terms import Names, Term, Terms, align
 
-__all__ = ["needs_contraction", "expected_total", "exact_surrogate"]
+__all__ = ["needs_contraction", "expected_total", "exact_surrogate", "pathwise_total",
+           "mark_upstream", "downstream"]
 
 sg = jax.lax.stop_gradient
 
@@ -44,6 +45,58 @@ sg = jax.lax.stop_gradient
 def needs_contraction(nodes: list[Node]) -> bool:
     """True when some node is an enumerated support or an MVD site."""
     return any(n.kind in ("enumerate", "mvd") for n in nodes)
+
+
+def _detached(nodes) -> set[str]:
+    """Labels of the guide's own log q of score-function/MVD sites (see pathwise_total)."""
+    return {"q:" + n.label for n in nodes if n.kind in ("reinforce", "mvd")}
+
+
+def pathwise_total(value: Terms, nodes: list[Node]) -> jax.Array:
+    """The value of a linear objective, for its pathwise gradient.
+
+    A score-function (or MVD) site's own ``−log q(z)`` term, at its detached
+    sample, has a zero-mean gradient (``E[∇ log q(z)] = 0``, for the site's
+    parameters and anything upstream of them), so it is left out of the
+    pathwise part, as NumPyro's ``TraceGraph_ELBO`` does: same mean, lower
+    variance. Its value still counts, and it stays in the learning signals.
+    Only for ``Terms`` (linear) values: under a ``logsumexp`` the term's
+    weight depends on the sample and the mean would change.
+    """
+    detach = _detached(nodes)
+    return sum((jnp.sum(sg(t.array) if t.label in detach else t.array) for t in value.terms),
+               start=jnp.zeros(()))
+
+
+def mark_upstream(nodes: list[Node], start: int, guide_trace: dict, model_trace: dict) -> None:
+    """Record, on the REINFORCE nodes ``nodes[start:]``, the term labels that cannot depend on them.
+
+    Program order decides, as in NumPyro's ``TraceGraph_ELBO`` (which tracks
+    provenance): ``q:w`` when the guide samples ``w`` before ``z``, ``p:w``
+    when the model reaches ``w`` before ``z`` and ``w``'s value does not come
+    from after ``z`` in the guide. Leaving those terms out of ``z``'s learning
+    signal removes zero-mean noise (e.g. a global latent's log-density in
+    every plate element's signal).
+    """
+    g = [n for n, s in guide_trace.items() if s["type"] == "sample"]
+    m = [n for n, s in model_trace.items() if s["type"] == "sample"]
+    for i in range(start, len(nodes)):
+        node = nodes[i]
+        if node.kind != "reinforce" or node.info is not None or node.label not in g:
+            continue
+        before_g = set(g[:g.index(node.label)])
+        up = {"q:" + w for w in before_g}
+        if node.label in m:
+            up |= {"p:" + w for w in m[:m.index(node.label)]
+                   if model_trace[w]["is_observed"] or w in before_g}
+        nodes[i] = node._replace(info=frozenset(up))
+
+
+def downstream(value: Terms, node: Node) -> Terms:
+    """The terms of ``value`` that may depend on ``node``'s sample (see :func:`mark_upstream`)."""
+    if not isinstance(node.info, frozenset):
+        return value
+    return Terms(tuple(t for t in value.terms if t.label not in node.info))
 
 
 def _weights(nodes) -> dict[str, Term]:
@@ -123,10 +176,12 @@ def exact_surrogate(value, nodes: list[Node], state: dict | None = None):
     value = _check_terms(value, nodes)
     weights, branches = _weights(nodes), _branch_axes(nodes)
     terms = [(*_select(t.array, t.names, branches), t.label) for t in value.terms]
-    total = jnp.zeros(())
+    total, out = jnp.zeros(()), jnp.zeros(())
+    detach = _detached(nodes)
     for f, names, label in terms:
         total = total + _contract([(f, names)], weights, label)
-    out = total
+        # see pathwise_total; the enumeration weights keep their gradient either way
+        out = out + _contract([(sg(f) if label in detach else f, names)], weights, label)
     new_state: dict = {}
     for node in nodes:
         if node.kind == "reinforce":
@@ -139,6 +194,8 @@ def exact_surrogate(value, nodes: list[Node], state: dict | None = None):
 def _reinforce(node, terms, weights, branches, state, new_state):
     lp, names = _select(node.log_prob.array, node.log_prob.names, branches)
     d = lp - sg(lp)
+    up = node.info if isinstance(node.info, frozenset) else frozenset()
+    terms = [t for t in terms if t[2] not in up]
     acc = jnp.zeros(())
     for f, fnames, label in terms:
         acc = acc + _contract([(d, names), (sg(f), fnames)], weights, label)

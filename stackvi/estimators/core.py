@@ -45,7 +45,14 @@ from numpyro.distributions import biject_to, constraints
 from numpyro.handlers import replay, seed, trace
 from numpyro.primitives import Messenger
 
-from stackvi.estimators.contract import exact_surrogate, expected_total, needs_contraction
+from stackvi.estimators.contract import (
+    downstream,
+    exact_surrogate,
+    expected_total,
+    mark_upstream,
+    needs_contraction,
+    pathwise_total,
+)
 from stackvi.estimators.marginalize import model_terms
 from stackvi.estimators.signals import LearningSignal
 from stackvi.handlers.density import trace_terms
@@ -184,9 +191,14 @@ def log_weight(model: Callable, guide: Callable) -> Callable:
     """
 
     def run(*args, **kwargs):
+        collector = _current_collector()
+        start = len(collector) if collector is not None else 0
         with enum_scope(model, guide, args, kwargs):
             guide_trace = simulate(guide, *args, **kwargs)
             model_trace = score_model(model, guide_trace, *args, **kwargs)
+            if collector is not None:
+                # tell this sample's score-function nodes which terms cannot depend on them
+                mark_upstream(collector, start, guide_trace, model_trace)
             p = model_terms(model, model_trace, guide_trace, args, kwargs)
             return p - trace_terms(guide_trace, prefix="q:")
 
@@ -212,12 +224,12 @@ def surrogate(value: Terms | jax.Array, nodes: list[Node], state: dict | None = 
         # enumerate / mvd sites: exact weights and extra branches (stackvi.estimators.contract)
         return exact_surrogate(value, nodes, state)
     sg = jax.lax.stop_gradient
-    out = total
+    out = pathwise_total(value, nodes) if isinstance(value, Terms) else total
     new_state = {}
     for node in nodes:
         lp, names = node.log_prob.array, node.log_prob.names
         if isinstance(value, Terms):
-            signal = jnp.broadcast_to(value.per(names), lp.shape)
+            signal = jnp.broadcast_to(downstream(value, node).per(names), lp.shape)
         elif isinstance(value, LearningSignal):
             signal = value.for_node(names, lp.shape)
         else:
