@@ -17,7 +17,11 @@ integrated out approximately by importance sampling from a (learnable)
 
 As a guide it emits each kept site ``z`` as a pathwise ``Delta`` sample site
 (so the model is replayed on it) and one factor site ``name`` holding
-``log q̂(z)``, which is part of the guide's density. The inner guide's and
+``log q̂(z)``, which is part of the guide's density. To score a *given* value
+inside a program (e.g. a model with a nuisance latent integrated out), call
+:meth:`Marginal.score`, which emits the factor with the unbiased estimate;
+running the guide form under ``replay``/``substitute`` of its kept sites does
+not rescore them. The inner guide's and
 the reverse model's own sites are hidden from outer handlers; put strategy
 handlers (``reinforce(guide, sites=["u"])`` ...) on the inner guide and on
 ``reverse`` themselves — they are honoured there, and their score-function
@@ -190,6 +194,12 @@ class Marginal:
         # log q(z, u₁) comes from the sampled trace itself (no second guide run).
         lw1 = trace_terms(tr).total() - self._log_reverse(values, aux_values, args, kwargs)
         return values, self._combine(lw1, values, args, kwargs)
+
+    def score(self, values: dict, *args, **kwargs) -> jax.Array:
+        """Emit the factor ``name`` = ``log q̂(values)`` (unbiased estimate) and return it."""
+        log_q = self.log_density(values, *args, **kwargs)
+        numpyro.factor(self.name, log_q)
+        return log_q
 
     def __call__(self, *args, **kwargs) -> dict:
         """Run as a guide: emit the kept sites and the factor ``name`` = ``log q̂``."""

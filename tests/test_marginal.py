@@ -87,6 +87,19 @@ def test_exact_reverse_gives_the_exact_density_with_zero_variance():
     np.testing.assert_allclose(recip[1], log_q(recip[0]["z"]), atol=1e-5)
 
 
+def test_score_emits_the_unbiased_estimate_as_a_factor():
+    q = marginal(guide, reverse, aux=["u"], num_particles=2, name="q_hat")
+
+    def program():
+        return q.score({"z": Z0})
+
+    tr = trace(seed(program, 3)).get_trace()
+    direct = seed(q.log_density, 3)({"z": Z0})
+    assert list(tr) == ["q_hat"] and tr["q_hat"]["is_observed"]
+    np.testing.assert_allclose(tr["q_hat"]["fn"].log_prob(tr["q_hat"]["value"]), direct,
+                               rtol=1e-6)
+
+
 def test_as_a_guide_it_emits_kept_sites_and_its_log_density():
     q = marginal(guide, reverse, aux=["u"], num_particles=2)
     tr = trace(seed(q, 0)).get_trace()
