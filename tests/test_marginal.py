@@ -108,8 +108,9 @@ def test_as_a_guide_it_emits_kept_sites_and_its_log_density():
 
 
 @pytest.mark.slow
-def test_strategies_inside_the_marginal_keep_iwhvi_gradients_unbiased():
-    """IWHVI gradients: score-function (inner guide and reverse) vs pathwise agree."""
+@pytest.mark.parametrize("bound", ["iwhvi", "diwhvi"])
+def test_strategies_inside_the_marginal_keep_iwhvi_gradients_unbiased(bound):
+    """IWHVI / DIWHVI gradients: score-function (inner guide and reverse) vs pathwise agree."""
 
     def model():
         z = numpyro.sample("z", dist.Normal(0.0, 1.0))
@@ -123,9 +124,10 @@ def test_strategies_inside_the_marginal_keep_iwhvi_gradients_unbiased():
     def preverse(values):
         numpyro.sample("u", dist.Normal(numpyro.param("c", 0.2) * values["z"], 0.9))
 
-    path = estimators.iwhvi(model, pguide, preverse, aux=["u"], num_aux=3)
-    score = estimators.iwhvi(model, reinforce(pguide), reinforce(preverse), aux=["u"],
-                             num_aux=3)
+    make = getattr(estimators, bound)
+    kw = {"num_aux": 3} if bound == "iwhvi" else {"num_aux": 3, "num_particles": 2}
+    path = make(model, pguide, preverse, aux=["u"], **kw)
+    score = make(model, reinforce(pguide), reinforce(preverse), aux=["u"], **kw)
     params = path.init(jax.random.PRNGKey(0))
 
     def grads(obj, n, seed_):
