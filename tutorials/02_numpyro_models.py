@@ -72,7 +72,7 @@ guide = AutoNormal(model)
 # `Trace_ELBO`, averaged over many keys.
 
 # %%
-steps = 2000
+steps = 1500
 opt = optax.adam(optax.exponential_decay(0.02, steps, 0.1))
 result = sv.fit(estimators.elbo(model, guide, num_particles=4), jax.random.PRNGKey(0),
                 J, sigma, y, optimizer=opt, num_steps=steps, progress=False)
@@ -80,11 +80,14 @@ svi = SVI(model, guide, opt, Trace_ELBO(num_particles=4))
 svi_result = svi.run(jax.random.PRNGKey(0), steps, J, sigma, y, progress_bar=False)
 
 
-def elbo_of(params, n=4000):
+@jax.jit
+def _elbo_samples(params, keys):
+    return jax.vmap(lambda k: -Trace_ELBO().loss(k, params, model, guide, J, sigma, y))(keys)
+
+
+def elbo_of(params, n=2000):
     """NumPyro's Trace_ELBO at ``params`` (constrained), one particle per key: mean, s.e."""
-    keys = jax.random.split(jax.random.PRNGKey(123), n)
-    vals = jax.jit(jax.vmap(lambda k: -Trace_ELBO().loss(k, params, model, guide,
-                                                         J, sigma, y)))(keys)
+    vals = _elbo_samples(params, jax.random.split(jax.random.PRNGKey(123), n))
     return float(vals.mean()), float(vals.std() / np.sqrt(n))
 
 
@@ -115,7 +118,7 @@ annotated = handlers.strategies(guide, {"reinforce": ["mu"]}, reinforce={"baseli
 objs = {"pathwise (default)": estimators.elbo(model, guide, num_particles=8),
         "reinforce + leave-one-out on mu": estimators.elbo(model, annotated, num_particles=8)}
 raw = result.raw_params
-keys = jax.random.split(jax.random.PRNGKey(7), 4000)
+keys = jax.random.split(jax.random.PRNGKey(7), 2000)
 g = {label: np.asarray(jax.jit(jax.vmap(
         lambda k, o=o: o.value_and_grad(raw, k, J, sigma, y)[1]["mu_auto_loc"]))(keys))
      for label, o in objs.items()}
@@ -172,8 +175,8 @@ def logistic(X, labels=None, batch=64):
 
 lr_guide = AutoNormal(logistic)
 lr_result = sv.fit(estimators.elbo(logistic, lr_guide), jax.random.PRNGKey(3), X, labels,
-                   optimizer=optax.adam(optax.exponential_decay(0.05, 2000, 0.1)),
-                   num_steps=2000, progress=False)
+                   optimizer=optax.adam(optax.exponential_decay(0.05, 1000, 0.1)),
+                   num_steps=1000, progress=False)
 post = lr_guide.median(lr_result.params)
 accuracy = float(jnp.mean(((X @ post["w"] + post["b"]) > 0) == (labels > 0.5)))
 sk_accuracy = LogisticRegression(max_iter=2000).fit(np.asarray(X), data.target).score(
@@ -186,9 +189,10 @@ w_loc = lr_result.params["w_auto_loc"]
 w_scale = lr_result.params["w_auto_scale"]
 order = np.argsort(np.asarray(w_loc))
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [1, 2]})
-axes[0].plot(np.arange(1, 2001), lr_result.history, lw=0.3, alpha=0.5, label="per step")
+n_steps = len(lr_result.history)
+axes[0].plot(np.arange(1, n_steps + 1), lr_result.history, lw=0.3, alpha=0.5, label="per step")
 smooth = np.convolve(lr_result.history, np.ones(50) / 50, mode="valid")
-axes[0].plot(np.arange(50, 2001), smooth, color="C1", label="running mean (50)")
+axes[0].plot(np.arange(50, n_steps + 1), smooth, color="C1", label="running mean (50)")
 axes[0].legend(fontsize=8)
 axes[0].set_xscale("log")
 axes[0].set_xlabel("step")
