@@ -412,7 +412,7 @@ def format_summary(s: dict, name: str, files: Sequence[Path]) -> str:
         f"steps; first {s['window']}: {s['first']:.6g})",
     ]
     if "held_out_per_image" in s:
-        lines.append(f"per image: train {s['final'] / s['train_images']:.4g} nats, "
+        lines.append(f"{name} per image: train {s['final'] / s['train_images']:.4g} nats, "
                      f"held-out {s['held_out_per_image']:.4g} nats "
                      f"({s['train_images']} training digits)")
     lines.append(f"time: {s['wall_s']:.1f} s for {s['steps']} steps "

@@ -48,13 +48,15 @@ def user_args(path, *extra):
 
 def test_user_model_writes_params_png_summary(user_file, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(user_args(user_file, "--steps", "20", "--out", str(out))) == 0
+    assert main(user_args(user_file, "--steps", "20", "--optimizer", "sgd",
+                          "--out", str(out))) == 0
     result = load(out / "params.pkl")
     assert len(result.history) == 20 and np.all(np.isfinite(result.history))
     assert sorted(result.params) == ["m", "s"]
     assert (out / "loss.png").read_bytes()[:8] == PNG
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 20 and summary["objective"] == "elbo"
+    assert summary["optimizer"] == "sgd"
     printed = capsys.readouterr().out
     assert "elbo:" in printed and "steps/s" in printed and str(out / "params.pkl") in printed
 
@@ -73,7 +75,7 @@ def test_autoguide_with_reinforce_and_baseline(user_file, tmp_path):
     out = tmp_path / "run"
     argv = ["fit", "--model", f"{user_file}:model", "--guide", "AutoNormal", "--data",
             f"{user_file}:data", "--strategy", "z=reinforce", "--baseline", "z=ema",
-            "--optimizer", "sgd", "--lr", "0.01", "--steps", "20", "--out", str(out),
+            "--lr", "0.01", "--steps", "20", "--out", str(out),
             "--no-progress"]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())

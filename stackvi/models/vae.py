@@ -64,18 +64,25 @@ PLDI = {"hidden_dim": 200, "z_dim": 10}
 DIGITS_TRAIN = 1500
 
 
+def _jit_init(net):
+    # Run eagerly, stax's init compiles one small XLA program per layer and op
+    # (seconds on a busy CPU); jitted, the whole network's init is one program.
+    init_fn, apply_fn = net
+    return jax.jit(init_fn, static_argnums=1), apply_fn
+
+
 def encoder(hidden_dim: int, z_dim: int):
     """``x -> (loc, scale)`` of ``q(z | x)``, as a stax ``(init_fn, apply_fn)`` pair."""
-    return stax.serial(
+    return _jit_init(stax.serial(
         stax.Dense(hidden_dim), stax.Softplus,
         stax.FanOut(2),
         stax.parallel(stax.Dense(z_dim), stax.serial(stax.Dense(z_dim), stax.Softplus)),
-    )
+    ))
 
 
 def decoder(hidden_dim: int, out_dim: int):
     """``z -> logits`` of ``p(x | z)``, as a stax ``(init_fn, apply_fn)`` pair."""
-    return stax.serial(stax.Dense(hidden_dim), stax.Softplus, stax.Dense(out_dim))
+    return _jit_init(stax.serial(stax.Dense(hidden_dim), stax.Softplus, stax.Dense(out_dim)))
 
 
 def model(x: jax.Array, subsample_size: int | None = None, hidden_dim: int = 200,
