@@ -108,6 +108,31 @@ class _detach(Messenger):
             msg["value"] = jax.lax.stop_gradient(msg["value"])
 
 
+class _lane_seed(Messenger):
+    """Random keys for one particle's step: the particle's key itself when the step has
+    a single random site (``flags["direct"]``), else ``fold_in(key, n)`` for the n-th.
+
+    Cheaper than ``numpyro.handlers.seed`` (which splits at every site): with tiny
+    transitions, deriving keys is a large part of a particle filter's cost.
+    """
+
+    def __init__(self, key, flags: dict):
+        self.key, self.flags, self.count = key, flags, 0
+        super().__init__()
+
+    def process_message(self, msg):
+        if msg["type"] not in ("sample", "prng_key", "plate", "control_flow"):
+            return
+        if msg.get("value") is not None or msg["kwargs"].get("rng_key") is not None:
+            return
+        if msg["type"] == "plate" and msg["args"][1] in (None, msg["args"][0]):
+            return  # a plate without subsampling needs no key
+        direct = self.flags["direct"]
+        msg["kwargs"]["rng_key"] = self.key if direct else random.fold_in(self.key, self.count)
+        self.count += 1
+        self.flags["keys"] = max(self.flags["keys"], self.count)
+
+
 def _per_step(subs_map, i, length: int, name: str):
     """numpyro's substitute_stack entry -> a per-step ``condition_fn``/``substitute_fn``."""
 
@@ -233,9 +258,11 @@ class smc_marginalize(Messenger):
         init = jax.tree_util.tree_map(jnp.asarray, init)
         x0 = jax.tree_util.tree_map(lambda v: v[0], xs)
         params = self._prefetch(f, init, x0)
-        flags = {"score": False}
+        flags = {"score": False, "keys": 0, "direct": False}
         step = self._step_fn(site, f, subs, length, params, flags)
         out = jax.eval_shape(step, init, x0, random.PRNGKey(0), jnp.asarray(0))[0]
+        # One random site per step (the common case) uses the particle's key as is.
+        flags["direct"] = flags["keys"] <= 1
         _check_carry(site, init, out)
         # Same dtypes in and out of every step (lax.scan insists), e.g. a Python 0.0 init.
         init = jax.tree_util.tree_map(lambda v, o: jnp.asarray(v, o.dtype), init, out)
@@ -292,19 +319,19 @@ class smc_marginalize(Messenger):
             return fn
 
         def step(carry, x, key, i):
-            k_q, k_p = random.split(key)
+            seeder = _lane_seed(key, flags)
             if proposal is None:
-                with block(), _detach(), trace() as tr:
-                    new_carry, y = seed(transition(i), k_p)(carry, x)
+                with block(), _detach(), trace() as tr, seeder:
+                    new_carry, y = transition(i)(carry, x)
                 inc = sum((_log_prob(s) for s in tr.values()
                            if s["type"] == "sample" and s["is_observed"]), start=jnp.zeros(()))
                 scored = [s for s in tr.values() if _latent(s) and not s["fn"].has_rsample]
             else:
-                with block(), _detach(), trace() as qtr:
-                    seed(substitute(proposal, data=params), k_q)(carry, x)
+                with block(), _detach(), trace() as qtr, seeder:
+                    substitute(proposal, data=params)(carry, x)
                 proposed = {n: s["value"] for n, s in qtr.items() if _latent(s)}
-                with block(), trace() as tr:
-                    new_carry, y = seed(substitute(transition(i), data=proposed), k_p)(carry, x)
+                with block(), trace() as tr, seeder:
+                    new_carry, y = substitute(transition(i), data=proposed)(carry, x)
                 _check_proposal(site, qtr, tr)
                 log_p = sum((_log_prob(s) for s in tr.values() if s["type"] == "sample"),
                             start=jnp.zeros(()))
