@@ -49,10 +49,6 @@ def test_normal_normal_value_and_gradient_unbiased(strategy, m, v):
     assert_unbiased(values, nn.elbo(m, v), "ELBO")
     assert_unbiased(grads["m"], nn.grad_m(m, v), f"dELBO/dm ({strategy})")
     assert_unbiased(grads["v"], nn.grad_log_v(m, v), f"dELBO/dlog v ({strategy})")
-    if strategy == "reparam":
-        # Pathwise: dELBO/dm = -(z-μ0)/s0² + Σ(x_i-z)/s² is exact in m's direction up to
-        # z's noise; its spread is far below REINFORCE's (checked in the slow test).
-        assert float(jnp.std(grads["m"])) < 10.0
 
 
 def test_normal_normal_particles_average(normal_normal):
@@ -68,12 +64,10 @@ def test_normal_normal_particles_average(normal_normal):
     assert ratio < 8.0
 
 
-@pytest.mark.slow
-def test_reinforce_has_higher_variance_than_reparam(normal_normal):
-    nn = normal_normal
-    p = nn.params(0.5, 0.7)
-    _, g_rep = per_key(estimators.elbo(nn.model, nn.guide), p, N, nn.data)
-    _, g_rf = per_key(estimators.elbo(nn.model, reinforce(nn.guide)), p, N, nn.data)
+def test_reinforce_has_higher_variance_than_reparam():
+    p = NN.params(0.5, 0.7)
+    _, g_rep = per_key(NN_OBJ["reparam"], p, N, NN.data)
+    _, g_rf = per_key(NN_OBJ["reinforce"], p, N, NN.data)
     assert_lower_variance(g_rep["m"], g_rf["m"], "reparam vs reinforce")
 
 
