@@ -1,15 +1,20 @@
 """Shared fixtures: keys, the Normal–Normal model (DESIGN.md §7) and the REBAR toy.
 
-Statistical checks use :func:`assert_unbiased`: draw ``N`` independent keys,
-compute the estimator once per key, and require
+Statistical checks use :func:`assert_unbiased`: draw ``N`` independent keys
+from a fixed seed, compute the estimator once per key (:func:`per_key`: vmapped
+and jitted), and require, elementwise,
 
     |mean − exact| ≤ 4 · σ̂ / √N        (σ̂ measured from the same samples).
 
-Why 4: by the central limit theorem the left side over σ̂/√N is ~N(0, 1), so a
-correct estimator fails with probability ≈ 6e-5 per check — negligible over the
-whole suite even though every key is fixed — while a biased one fails as soon
-as its bias exceeds 4 standard errors. Keys are fixed, so results are
-reproducible; the tolerance still comes from the sample size, not a constant.
+Why 4: by the central limit theorem (mean − exact)/(σ̂/√N) is ~N(0, 1) for an
+unbiased estimator, so a check fails by chance with probability ≈ 6e-5; over
+the few hundred such checks in the suite a false alarm is unlikely (< 2%),
+while any bias larger than 4 standard errors is caught. The keys (and the
+hypothesis draws, derandomized) are fixed, so every run gives the same verdict.
+
+Variance comparisons (:func:`assert_lower_variance`) compare log-variances with
+a margin of 4 standard errors of their difference, also measured from the
+samples (Var(s²) ≈ (μ₄ − σ⁴)/N).
 """
 
 from __future__ import annotations
