@@ -207,7 +207,10 @@ class Learned(FromFunction):
 
         if self.fn is not None:
             return jnp.asarray(self.fn(msg))
-        return numpyro.param(self.name or f"baseline:{msg['name']}", jnp.asarray(self.init))
+        # a strongly typed init: a weak-typed one would change type after the first
+        # optimizer update and make a jitted step recompile
+        init = jnp.array(self.init, dtype=jnp.result_type(float))
+        return numpyro.param(self.name or f"baseline:{msg['name']}", init)
 
     def evaluate(self, signal, node, state):
         b = self._value(signal, node)

@@ -60,7 +60,8 @@ def _bm_guide(x, k: int = K_DIGITS, with_z: bool = True):
             numpyro.sample("z", dist.Categorical(logits=x @ w + c))
 
 
-bernoulli_mixture = SimpleNamespace(model=_bm_model, guide=_bm_guide, z_params=("W", "c"))
+bernoulli_mixture = SimpleNamespace(model=_bm_model, guide=_bm_guide, z_params=("W", "c"),
+                                    loc_params=("theta_loc",))
 
 GMM_PI = jnp.array([0.5, 0.3, 0.2])
 GMM_SIGMA = 0.7
@@ -83,7 +84,7 @@ def _gmm_guide(x, with_z: bool = True):
             numpyro.sample("z", dist.Categorical(logits=logits))
 
 
-gmm = SimpleNamespace(model=_gmm_model, guide=_gmm_guide, z_params=("zl",))
+gmm = SimpleNamespace(model=_gmm_model, guide=_gmm_guide, z_params=("zl",), loc_params=("m",))
 
 
 def digits(n: int | None = None):
