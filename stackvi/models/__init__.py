@@ -4,8 +4,10 @@
   of ``stackvi fit`` and the model of ``benchmarks/vae.py``).
 * :mod:`stackvi.models.cone` — the noisy cone (DESIGN.md §7), its mean-field
   and hierarchical (ring) guides and a reverse model for ``marginal``.
+* :mod:`stackvi.models.mixtures` — discrete-latent mixtures (Bernoulli images,
+  1-D Gaussian) for ``benchmarks/discrete.py`` and the gradient-estimator tutorial.
 """
 
-from stackvi.models import cone, vae
+from stackvi.models import cone, mixtures, vae
 
-__all__ = ["cone", "vae"]
+__all__ = ["cone", "mixtures", "vae"]
