@@ -339,7 +339,9 @@ def fit_job(a: argparse.Namespace) -> int:
                    objective=a.objective, particles=a.particles, strategy=strategy,
                    baseline=baseline, optimizer=a.optimizer, lr=a.lr, seed=a.seed)
     if bundled and data_spec == DEFAULT_DATA:
-        summary.update(digits_report(objective, result, kwargs, out / "digits.png", a.seed))
+        from stackvi.models import vae
+
+        summary.update(vae.digits_report(objective, result, kwargs, out / "digits.png", a.seed))
         files.append(out / "digits.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(format_summary(summary, a.objective, files))
@@ -386,24 +388,6 @@ def plot_history(history, name: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def digits_report(objective, result, kwargs: dict, path: Path, seed: int) -> dict:
-    """Held-out ELBO per image and a figure of reconstructions and samples (bundled VAE)."""
-    import jax
-    import numpy as np
-
-    from stackvi.data import load_digits
-    from stackvi.models import vae
-
-    x, _ = load_digits()
-    test = jax.numpy.asarray(x[vae.DIGITS_TRAIN:])
-    sizes = {k: kwargs[k] for k in ("hidden_dim", "z_dim") if k in kwargs}
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), 10)
-    estimate = jax.jit(lambda k: objective.estimate(result.raw_params, k, test, **sizes))
-    held_out = float(np.mean([estimate(k) for k in keys])) / test.shape[0]
-    vae.plot_digits(result.params, test, path, keys[0], **sizes)
-    return {"held_out_per_image": held_out, "train_images": vae.DIGITS_TRAIN}
 
 
 def format_summary(s: dict, name: str, files: Sequence[Path]) -> str:

@@ -51,6 +51,7 @@ __all__ = [
     "reconstruct",
     "generate",
     "plot_digits",
+    "digits_report",
     "digits_data",
     "mnist_data",
     "DIGITS",
@@ -147,6 +148,24 @@ def plot_digits(params: dict, x: jax.Array, path, rng_key: jax.Array, num: int =
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def digits_report(objective, result, kwargs: dict, path, seed: int = 0) -> dict:
+    """After a fit on :func:`digits_data`: held-out objective per image, and :func:`plot_digits`.
+
+    ``result`` is a :class:`stackvi.FitResult`; the held-out digits are those
+    after the first :data:`DIGITS_TRAIN` (the mean of 10 estimates is reported).
+    """
+    import numpy as np
+
+    x, _ = load_digits()
+    test = jnp.asarray(x[DIGITS_TRAIN:])
+    sizes = {k: kwargs[k] for k in ("hidden_dim", "z_dim") if k in kwargs}
+    keys = jax.random.split(jax.random.PRNGKey(seed + 1), 10)
+    estimate = jax.jit(lambda k: objective.estimate(result.raw_params, k, test, **sizes))
+    held_out = float(np.mean([estimate(k) for k in keys])) / test.shape[0]
+    plot_digits(result.params, test, path, keys[0], **sizes)
+    return {"held_out_per_image": held_out, "train_images": DIGITS_TRAIN}
 
 
 def digits_data(subsample_size: int | None = 128) -> tuple[tuple, dict]:
