@@ -42,7 +42,7 @@ def test_branch_layout():
     assert theta.names == ("i", "mvd:z:coord") and theta.array.shape == (4, 2)
 
 
-@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("jit", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_normal_normal_elbo_unbiased(jit):
     nn = NormalNormal()
     obj = estimators.elbo(nn.model, mvd(nn.guide))
