@@ -159,3 +159,23 @@ def test_plate_violation_is_an_error():
     obj = estimators.elbo(m, enum(g))
     with pytest.raises(ValueError, match="site 'x'.*no plate declares it.*reinforce"):
         obj.estimate(obj.init(jax.random.PRNGKey(0), X), jax.random.PRNGKey(1), X)
+
+
+def test_discrete_uniform_and_a_cost_with_its_own_params():
+    """DiscreteUniform has no params: the gradient flows through the cost, exactly."""
+
+    def m(x):
+        k = numpyro.sample("k", dist.DiscreteUniform(0, 3))
+        numpyro.sample("x", dist.Normal(numpyro.param("a", 0.5) * k, 1.0), obs=x[0])
+
+    def g(x):
+        numpyro.sample("k", dist.DiscreteUniform(0, 3))
+
+    obj = estimators.elbo(m, enum(g))
+    value, grads = jax.jit(obj.value_and_grad)({"a": jnp.float32(0.5)}, jax.random.PRNGKey(0), X)
+
+    def exact(a):  # prior = guide: ELBO = E_k[log N(x0; a k, 1)], k uniform on 0..3
+        return jnp.mean(dist.Normal(a * jnp.arange(4.0), 1.0).log_prob(X[0]))
+
+    np.testing.assert_allclose(value, exact(0.5), rtol=1e-5)
+    np.testing.assert_allclose(grads["a"], jax.grad(exact)(0.5), rtol=1e-4)
