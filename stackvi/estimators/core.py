@@ -33,6 +33,7 @@ All methods are pure functions of their inputs: jit them yourself.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,9 +108,14 @@ def particles(fn: Callable, num: int, axis: str = PARTICLES) -> Callable:
         if key is None:
             raise RuntimeError("particles() needs a random key: run it under numpyro.handlers.seed")
 
+        # One minibatch for all particles: a subsampled plate draws its indices
+        # from a key shared by the particles (else IWAE-style bounds would mix
+        # different minibatches inside one logsumexp).
+        plate_key = numpyro.prng_key()
+
         def one(k):
             with collect_nodes() as nodes:
-                out = seed(fn, k)(*args, **kwargs)
+                out = seed(_shared_subsample(fn, rng_key=plate_key), k)(*args, **kwargs)
             return out, tuple(nodes)
 
         # Under stackvi.sharding.sharded_particles the particles split over devices.
@@ -127,6 +133,19 @@ def particles(fn: Callable, num: int, axis: str = PARTICLES) -> Callable:
         return out.with_axis(axis) if isinstance(out, Terms) else out
 
     return run
+
+
+class _shared_subsample(Messenger):
+    """Give every subsampled plate a key derived from ``rng_key`` and the plate's name."""
+
+    def __init__(self, fn=None, rng_key=None):
+        self.rng_key = rng_key
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if msg["type"] == "plate" and msg["value"] is None and msg["kwargs"]["rng_key"] is None:
+            salt = zlib.crc32(msg["name"].encode())
+            msg["kwargs"]["rng_key"] = random.fold_in(self.rng_key, salt)
 
 
 def _site_desc(site: dict) -> str:
