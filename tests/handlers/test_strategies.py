@@ -57,6 +57,29 @@ def test_context_manager_around_simulate_claims():
         assert strategy_of(reparam(guide, sites=["w"]))["w"] == "reparam"
 
 
+def test_context_manager_around_an_objective_equals_the_wrapper():
+    from stackvi import estimators
+
+    def model():
+        numpyro.sample("z", dist.Normal(0.0, 1.0))
+        numpyro.sample("x", dist.Normal(numpyro.sample("w", dist.Normal(0.0, 1.0)), 1.0), obs=0.5)
+
+    def g():
+        numpyro.sample("z", dist.Normal(numpyro.param("m", 0.3), 1.0))
+        numpyro.sample("w", dist.Normal(numpyro.param("n", 0.1), 1.0))
+
+    params = {"m": jnp.float32(0.3), "n": jnp.float32(0.1)}
+    key = jax.random.PRNGKey(5)
+    wrapped = estimators.elbo(model, reinforce(g, sites=["z"])).value_and_grad(params, key)
+    plain = estimators.elbo(model, g)
+    with reinforce(sites=["z"]):
+        in_context = plain.value_and_grad(params, key)
+    pathwise = plain.value_and_grad(params, key)
+    for k in ("m", "n"):
+        assert float(in_context[1][k]) == pytest.approx(float(wrapped[1][k]), rel=1e-6)
+    assert float(in_context[1]["m"]) != pytest.approx(float(pathwise[1]["m"]), rel=1e-3)
+
+
 def test_strategies_one_site_two_strategies_raises_naming_the_site():
     with pytest.raises(ValueError, match=r"site 'z' is claimed by both 'reinforce' and 'reparam'"):
         strategies(guide, {"reinforce": ["z", "b"], "reparam": ["z"]})
