@@ -395,11 +395,15 @@ class Objective:
 
 
 def non_finite_message(obj: Objective, params, rng_key, args, kwargs) -> str:
-    terms = obj.diagnose(params, rng_key, *args, **kwargs)
-    bad = {k: v for k, v in terms.items() if not jnp.isfinite(v)}
     bad_params = [n for n, v in params.items()
                   if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(v))]
     msg = f"{obj.name} is not finite."
+    try:
+        terms = obj.diagnose(params, rng_key, *args, **kwargs)
+    except Exception as err:  # e.g. a distribution's argument validation on NaN params
+        terms = {}
+        msg += f" Re-running it eagerly raised {type(err).__name__}: {err}."
+    bad = {k: v for k, v in terms.items() if not jnp.isfinite(v)}
     if bad:
         msg += " Non-finite log-density terms (p: model, q: guide): " + ", ".join(
             f"{k} = {v}" for k, v in bad.items()
