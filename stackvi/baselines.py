@@ -199,6 +199,8 @@ class Learned(FromFunction):
     ['baseline:b', 'p']
     """
 
+    trained = True  # its params must exist before the first step (see module docstring)
+
     def __init__(self, fn=None, init: float = 0.0, name: str | None = None):
         self.fn, self.init, self.name = fn, init, name
 

@@ -118,3 +118,17 @@ def test_network_baseline_per_plate_element_and_from_function():
             resid = per_element(t0) - (w[0] * x + w[1])
             assert_unbiased(grads["bw"], 2 * jnp.array([jnp.sum(resid * x), jnp.sum(resid)]),
                             "network baseline gradient")
+
+
+def test_learned_baseline_in_an_infer_dict_is_a_clear_error():
+    import pytest
+
+    def guide():
+        eta = numpyro.param("eta", 0.0)
+        b = numpyro.sample("b", dist.Bernoulli(probs=jax.nn.sigmoid(eta)),
+                           infer={"strategy": "reinforce", "baseline": Learned()})
+        numpyro.factor("cost", -((b - T) ** 2))
+
+    obj = cost_objective(guide)
+    with pytest.raises(ValueError, match="'b': a trained baseline.*attach it with a handler"):
+        obj.value_and_grad(obj.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1))

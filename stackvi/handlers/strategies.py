@@ -79,6 +79,7 @@ def _claim(msg: dict, name: str, options: dict, claimer: str) -> None:
     STRATEGIES[name].validate(msg, claimer)
     # Strategies that lay out values themselves (enumerate, mvd) do it now, before sampling.
     STRATEGIES[name].prepare(msg)
+    msg["infer"]["_stackvi_prepared"] = True
 
 
 class Strategy(Messenger):
@@ -301,7 +302,15 @@ class _resolve(Messenger):
         # Claims written in the site's infer dict never pass through _claim.
         if "strategy" not in msg["infer"] and msg["infer"].get("enumerate") == "parallel":
             _claim(msg, "enumerate", {}, "infer={'enumerate': 'parallel'}")
-        elif msg["infer"].get("strategy") in STRATEGIES and msg["value"] is None:
+        elif (msg["infer"].get("strategy") in STRATEGIES and msg["value"] is None
+              and not msg["infer"].get("_stackvi_prepared")):
+            if getattr(msg["infer"].get("baseline"), "trained", False):
+                # Objective.init never runs _resolve, so it would not see the params.
+                raise ValueError(
+                    f"site '{msg['name']}': a trained baseline ({msg['infer']['baseline']!r}) "
+                    "in the site's infer dict; attach it with a handler instead: "
+                    "reinforce(guide, sites=[...], baseline=...), strategies or configure."
+                )
             STRATEGIES[msg["infer"]["strategy"]].prepare(msg)
 
     def postprocess_message(self, msg):
