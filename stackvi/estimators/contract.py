@@ -73,8 +73,9 @@ def mark_upstream(nodes: list[Node], start: int, guide_trace: dict, model_trace:
 
     Program order decides, as in NumPyro's ``TraceGraph_ELBO`` (which tracks
     provenance): ``q:w`` when the guide samples ``w`` before ``z``, ``p:w``
-    when the model reaches ``w`` before ``z`` and ``w``'s value does not come
-    from after ``z`` in the guide. Leaving those terms out of ``z``'s learning
+    when the model reaches ``w`` before ``z`` and no model latent up to and
+    including ``w`` takes its value from after ``z`` in the guide (``w``'s
+    parents are among them). Leaving those terms out of ``z``'s learning
     signal removes zero-mean noise (e.g. a global latent's log-density in
     every plate element's signal).
     """
@@ -87,8 +88,13 @@ def mark_upstream(nodes: list[Node], start: int, guide_trace: dict, model_trace:
         before_g = set(g[:g.index(node.label)])
         up = {"q:" + w for w in before_g}
         if node.label in m:
-            up |= {"p:" + w for w in m[:m.index(node.label)]
-                   if model_trace[w]["is_observed"] or w in before_g}
+            # p(w | parents) reads the values of model sites before w: it is free of the
+            # node only while every latent so far was sampled before the node in the guide
+            # (a later guide sample may depend on it), so stop at the first that was not.
+            for w in m[:m.index(node.label)]:
+                if not (model_trace[w]["is_observed"] or w in before_g):
+                    break
+                up.add("p:" + w)
         nodes[i] = node._replace(info=frozenset(up))
 
 

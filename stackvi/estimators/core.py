@@ -60,7 +60,7 @@ from stackvi.handlers.density import trace_terms
 from stackvi.handlers.enumerate import enum_scope
 from stackvi.handlers.strategies import Node, _current_collector, collect_nodes, simulate
 from stackvi.sharding import constrain_particles
-from stackvi.terms import Terms
+from stackvi.terms import Term, Terms
 
 __all__ = [
     "Objective",
@@ -201,6 +201,30 @@ def _trailing(got: tuple, expected: tuple) -> tuple[tuple, tuple]:
     return (e, e) if ok else (got, expected)
 
 
+def _pool_shared_plates(nodes: list[Node], start: int, guide_trace: dict) -> None:
+    """Give up plate-local learning signals where a later guide site may mix the elements.
+
+    Element ``i`` of a plate sees only element ``i``'s costs, which is valid
+    only if nothing downstream of it mixes elements. A guide site sampled
+    later *outside* that plate (e.g. ``z ~ q(z | mean(b))``) may depend on every
+    element, and then so may every cost of the plate: the node is summed over
+    that plate axis (plain REINFORCE there; unbiased, less Rao-Blackwellized).
+    """
+    order = [n for n, s in guide_trace.items() if s["type"] == "sample" and not s["is_observed"]]
+    plates = {n: {f.name for f in guide_trace[n]["cond_indep_stack"]} for n in order}
+    for i in range(start, len(nodes)):
+        node, term = nodes[i], nodes[i].log_prob
+        if node.kind != "reinforce" or node.label not in plates:
+            continue
+        later = order[order.index(node.label) + 1:]
+        own = plates[node.label]  # only plate axes (not enumerated/branch dims)
+        pooled = {p for p in term.names if p in own and any(p not in plates[w] for w in later)}
+        if pooled:
+            axes = tuple(k for k, p in enumerate(term.names) if p in pooled)
+            kept = tuple(p for p in term.names if p not in pooled)
+            nodes[i] = node._replace(log_prob=Term(term.label, jnp.sum(term.array, axes), kept))
+
+
 def log_weight(model: Callable, guide: Callable) -> Callable:
     """``(*args) -> Terms`` of ``log p(x, z) − log q(z)`` for one guide sample ``z``.
 
@@ -218,6 +242,7 @@ def log_weight(model: Callable, guide: Callable) -> Callable:
             if collector is not None:
                 # tell this sample's score-function nodes which terms cannot depend on them
                 mark_upstream(collector, start, guide_trace, model_trace)
+                _pool_shared_plates(collector, start, guide_trace)
             p = model_terms(model, model_trace, guide_trace, args, kwargs)
             return p - trace_terms(guide_trace, prefix="q:")
 
