@@ -267,9 +267,6 @@ class smc_marginalize(Messenger):
         # Same dtypes in and out of every step (lax.scan insists), e.g. a Python 0.0 init.
         init = jax.tree_util.tree_map(lambda v, o: jnp.asarray(v, o.dtype), init, out)
 
-        keys = random.split(rng_key, length + 1)
-        carry0 = jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (K, *v.shape)), init)
-        zero = jnp.zeros(())
         log_k = math.log(K)
 
         def body(state, inputs):
@@ -296,14 +293,27 @@ class smc_marginalize(Messenger):
             out = (new_carry, y, jax.nn.log_softmax(lw), a, _rs.ess(lw), do)
             return (new_carry, lw, log_z, score + jnp.sum(s), anc_score), out
 
-        state = (carry0, jnp.zeros(K), zero, zero, zero)
-        (carry, lw, log_z, score, anc_score), (parts, ys, lws, anc, ess, did) = jax.lax.scan(
-            body, state, (jnp.arange(length), xs, keys[:-1]), length=length)
-        log_z = log_z + jax.nn.logsumexp(lw) - log_k
-        self._register_scores(site, score, anc_score, flags["score"])
-        self.results[slot] = SMCResult(log_z, parts, lws, anc, ess, did)
+        def run(init, xs, rng_key):
+            keys = random.split(rng_key, length + 1)
+            carry0 = jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (K, *v.shape)), init)
+            zero = jnp.zeros(())
+            state = (carry0, jnp.zeros(K), zero, zero, zero)
+            (carry, lw, log_z, score, anc_score), (parts, ys, lws, anc, ess, did) = \
+                jax.lax.scan(body, state, (jnp.arange(length), xs, keys[:-1]), length=length)
+            log_z = log_z + jax.nn.logsumexp(lw) - log_k
+            path = _trace_back(keys[-1], lw, carry, ys, anc)
+            return SMCResult(log_z, parts, lws, anc, ess, did), score, anc_score, path
 
-        path_carry, path_ys = _trace_back(keys[-1], lw, carry, ys, anc)
+        # Eager calls compile the whole filter once instead of dispatching op by op; under
+        # an outer transformation the filter is traced inline (a nested jit costs there).
+        traced = any(isinstance(v, jax.core.Tracer)
+                     for v in jax.tree_util.tree_leaves((init, xs, rng_key, params)))
+        result, score, anc_score, (path_carry, path_ys) = (run if traced else jax.jit(run))(
+            init, xs, rng_key)
+        log_z = result.log_evidence
+        self._register_scores(site, score, anc_score, flags["score"])
+        self.results[slot] = result
+
         return (jnp.asarray(length), rng_key, path_carry), (
             PytreeTrace({site: _factor_msg(site, log_z)}), path_ys)
 
