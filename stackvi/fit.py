@@ -93,6 +93,8 @@ def fit(
         saved = load(resume)
         params, opt_state, bstate = saved.raw_params, saved.opt_state, saved.baseline_state
         history.append(np.asarray(saved.history))
+        # Resuming with the run's own key must not replay the first steps' samples.
+        rng_key = jax.random.fold_in(rng_key, len(saved.history))
     else:
         params = init_params if init_params is not None else objective.init(
             init_key, *args, **kwargs)

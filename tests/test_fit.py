@@ -127,6 +127,18 @@ def test_checkpoint_then_resume_continues(tmp_path, normal_normal):
     assert abs(float(first.raw_params["m"]) - 0.0) > 10 * lr  # the fresh init is far away
 
 
+def test_resume_with_the_same_key_draws_fresh_samples(tmp_path, normal_normal):
+    nn = normal_normal
+    obj = estimators.elbo(nn.model, nn.guide)
+    path = tmp_path / "frozen.pkl"
+    # sgd(0): the params never move, so equal step keys would give equal histories
+    kw = dict(optimizer=optax.sgd(0.0), num_steps=6, progress=False)
+    first = sv.fit(obj, jax.random.PRNGKey(0), nn.data, checkpoint=path, **kw)
+    again = sv.fit(obj, jax.random.PRNGKey(0), nn.data, resume=path, **kw)
+    np.testing.assert_array_equal(again.history[:6], first.history)
+    assert not np.any(again.history[6:] == first.history)
+
+
 def lognormal_model():
     numpyro.sample("z", dist.LogNormal(0.0, 1.0))
 
