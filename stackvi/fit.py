@@ -53,13 +53,13 @@ def _split_static(tree):
     """Separate array leaves (traced) from everything else (closed over, static)."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     is_array = [isinstance(x, (jax.Array, np.ndarray)) for x in leaves]
-    dynamic = [x for x, a in zip(leaves, is_array) if a]
-    static = [None if a else x for x, a in zip(leaves, is_array)]
+    dynamic = [x for x, a in zip(leaves, is_array, strict=True) if a]
+    static = [None if a else x for x, a in zip(leaves, is_array, strict=True)]
 
     def merge(dyn):
         it = iter(dyn)
         return jax.tree_util.tree_unflatten(
-            treedef, [next(it) if a else s for a, s in zip(is_array, static)]
+            treedef, [next(it) if a else s for a, s in zip(is_array, static, strict=True)]
         )
 
     return dynamic, merge

@@ -215,7 +215,10 @@ class strategies(Messenger):
 
 
 class configure(Messenger):
-    """Choose strategies by a function of the site: ``config_fn(msg) -> name | (name, options) | None``."""
+    """Choose strategies by a function of the site.
+
+    ``config_fn(msg)`` returns a strategy name, ``(name, options)`` or ``None``.
+    """
 
     def __init__(self, fn=None, config_fn: Callable[[dict], Any] | None = None):
         if config_fn is None:
