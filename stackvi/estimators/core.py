@@ -283,11 +283,14 @@ def surrogate(value: Terms | jax.Array, nodes: list[Node], state: dict | None = 
             if node.baseline.needs_terms and not isinstance(value, Terms):
                 # Every particle's signal is the same scalar, so the other particles'
                 # mean *is* this particle's signal: silently biased, never allowed.
+                # (A LearningSignal's per-particle signals, e.g. VIMCO's, already
+                # depend on the other particles: averaging them would be biased too.)
+                kind = "a LearningSignal" if isinstance(value, LearningSignal) else "a scalar"
                 raise ValueError(
                     f"site '{node.label}': baseline {node.baseline!r} needs an objective "
-                    "that returns Terms (per-particle learning signals, e.g. "
-                    "estimators.elbo(..., num_particles=K)), but this objective returns a "
-                    "scalar. Use baseline='ema' (MovingAverage) here instead."
+                    "that returns Terms (independent per-particle costs, e.g. "
+                    f"estimators.elbo(..., num_particles=K)), but this objective returns {kind}."
+                    " Use baseline='ema' (MovingAverage) here instead."
                 )
             st = (state or {}).get(node.label, node.baseline.init_state())
             # evaluate = __call__ plus, for learned baselines, their regression term
