@@ -6,8 +6,11 @@
   and hierarchical (ring) guides and a reverse model for ``marginal``.
 * :mod:`stackvi.models.mixtures` — discrete-latent mixtures (Bernoulli images,
   1-D Gaussian) for ``benchmarks/discrete.py`` and the gradient-estimator tutorial.
+* :mod:`stackvi.models.state_space` — the linear-Gaussian state-space model of
+  DESIGN.md §7 with its Kalman filter, and a discrete HMM with its forward
+  algorithm (exact references for SMC).
 """
 
-from stackvi.models import cone, mixtures, vae
+from stackvi.models import cone, mixtures, state_space, vae
 
-__all__ = ["cone", "mixtures", "vae"]
+__all__ = ["cone", "mixtures", "state_space", "vae"]
