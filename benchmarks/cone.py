@@ -16,12 +16,12 @@ trained), where ``HVI ≤ IWHVI ≤ DIWHVI ≤ log p(z)`` must hold.
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from pathlib import Path
 
 import jax
 import optax
+from _docs import write_section  # noqa: E402  (benchmarks/ is on sys.path)
 
 import stackvi as sv
 from stackvi.models import cone
@@ -84,15 +84,7 @@ def run(steps: int, samples: int, lr: float) -> tuple[str, list[dict]]:
 
 
 def write_docs(table: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Objectives\n"
-    begin, end = f"<!-- BEGIN {SECTION} -->", f"<!-- END {SECTION} -->"
-    block = f"{begin}\n{table}\n{end}"
-    if begin in text and end in text:
-        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text,
-                      flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    write_section(SECTION, table, DOC, title="# Objectives")
 
 
 def main() -> None:

@@ -22,7 +22,8 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from _docs import write_section  # noqa: E402  (benchmarks/ is on sys.path)
 
 SECTION = "scaling"
 
@@ -105,15 +106,7 @@ def table(results: dict[int, dict], batches: list[int]) -> str:
 
 
 def write_docs(text: str) -> None:
-    path = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    begin, end = f"<!-- BEGIN {SECTION} -->", f"<!-- END {SECTION} -->"
-    block = f"{begin}\n{text}\n{end}"
-    if begin in doc:
-        doc = doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end):]
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    path.write_text(doc)
+    write_section(SECTION, text)
 
 
 def main() -> None:

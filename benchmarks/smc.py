@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
+from _docs import write_section  # noqa: E402  (benchmarks/ is on sys.path)
 
 from stackvi import estimators
 from stackvi.handlers import smc_filter
@@ -187,15 +187,7 @@ def run(grid: list[tuple[int, int]], repeats: int) -> tuple[str, list[dict]]:
 
 
 def write_docs(table: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    begin, end = f"<!-- BEGIN {SECTION} -->", f"<!-- END {SECTION} -->"
-    block = f"{begin}\n{table}\n{end}"
-    if begin in text and end in text:
-        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text,
-                      flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    write_section(SECTION, table, DOC)
 
 
 def main() -> None:

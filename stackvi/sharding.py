@@ -19,8 +19,8 @@ global data array with :func:`global_batch` from each process's local rows.
 >>> import jax, jax.numpy as jnp
 >>> mesh = make_mesh(data=len(jax.devices()))
 >>> x = shard_batch(jnp.zeros((8, 3)), mesh)
->>> x.sharding.spec
-PartitionSpec('data',)
+>>> tuple(x.sharding.spec)
+('data',)
 """
 
 from __future__ import annotations
