@@ -52,6 +52,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from stackvi.report import format_summary, plot_history, summarize
+
 __all__ = ["main", "build_parser"]
 
 DEFAULT_MODEL = "stackvi.models.vae:model"
@@ -346,63 +348,6 @@ def fit_job(a: argparse.Namespace) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(format_summary(summary, a.objective, files))
     return 0
-
-
-# --------------------------------------------------------------------------- reporting
-
-def _window(n: int) -> int:
-    """How many final steps the summary averages over: the last 10%, 1..200 steps."""
-    return max(1, min(200, n // 10))
-
-
-def summarize(history, wall: float) -> dict:
-    import numpy as np
-
-    h = np.asarray(history, dtype=np.float64)
-    tail = h[-_window(len(h)):]
-    return {"steps": len(h), "final": float(tail.mean()), "final_sd": float(tail.std()),
-            "window": len(tail), "first": float(h[:_window(len(h))].mean()),
-            "wall_s": wall, "steps_per_s": len(h) / wall}
-
-
-def plot_history(history, name: str, path: Path) -> None:
-    """The objective per step (light) and its running mean (dark), as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    h = np.asarray(history, dtype=np.float64)
-    w = max(1, len(h) // 50)
-    smooth = np.convolve(h, np.ones(w) / w, mode="valid")
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(np.arange(len(h)), h, color="tab:blue", alpha=0.25, lw=0.5, label="per step")
-    ax.plot(np.arange(w - 1, len(h)), smooth, color="tab:blue", lw=1.5,
-            label=f"mean of {w} steps")
-    lo, hi = np.percentile(h, [2, 100])  # the first steps are far below: keep them off-scale
-    ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"{name} (higher is better)")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def format_summary(s: dict, name: str, files: Sequence[Path]) -> str:
-    lines = [
-        f"{name}: {s['final']:.6g} ± {s['final_sd']:.3g} (mean ± sd of the last {s['window']} "
-        f"steps; first {s['window']}: {s['first']:.6g})",
-    ]
-    if "held_out_per_image" in s:
-        lines.append(f"{name} per image: train {s['final'] / s['train_images']:.4g} nats, "
-                     f"held-out {s['held_out_per_image']:.4g} nats "
-                     f"({s['train_images']} training digits)")
-    lines.append(f"time: {s['wall_s']:.1f} s for {s['steps']} steps "
-                 f"({s['steps_per_s']:.0f} steps/s, compilation included)")
-    lines.append("wrote: " + ", ".join(str(f) for f in files))
-    return "\n".join(lines)
 
 
 def load_data(spec: str | None) -> tuple[tuple, dict]:

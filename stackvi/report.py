@@ -1,0 +1,73 @@
+"""Reports of a fit: a summary of the objective's history and a loss-curve PNG.
+
+Used by ``stackvi fit``; handy after :func:`stackvi.fit` too.
+
+>>> import numpy as np
+>>> s = summarize(np.linspace(-10.0, -1.0, 1000), wall=2.0)
+>>> s["steps"], round(s["final"], 2), s["window"]
+(1000, -1.45, 100)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["summarize", "plot_history", "format_summary"]
+
+
+def _window(n: int) -> int:
+    """How many final steps the summary averages over: the last 10%, 1..200 steps."""
+    return max(1, min(200, n // 10))
+
+
+def summarize(history, wall: float) -> dict:
+    """Mean and spread of the objective over the last steps, the first steps, and speed."""
+    import numpy as np
+
+    h = np.asarray(history, dtype=np.float64)
+    tail = h[-_window(len(h)):]
+    return {"steps": len(h), "final": float(tail.mean()), "final_sd": float(tail.std()),
+            "window": len(tail), "first": float(h[:_window(len(h))].mean()),
+            "wall_s": wall, "steps_per_s": len(h) / wall}
+
+
+def plot_history(history, name: str, path: Path) -> None:
+    """The objective per step (light) and its running mean (dark), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    h = np.asarray(history, dtype=np.float64)
+    w = max(1, len(h) // 50)
+    smooth = np.convolve(h, np.ones(w) / w, mode="valid")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(np.arange(len(h)), h, color="tab:blue", alpha=0.25, lw=0.5, label="per step")
+    ax.plot(np.arange(w - 1, len(h)), smooth, color="tab:blue", lw=1.5,
+            label=f"mean of {w} steps")
+    lo, hi = np.percentile(h, [2, 100])  # the first steps are far below: keep them off-scale
+    ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{name} (higher is better)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def format_summary(s: dict, name: str, files: Sequence[Path]) -> str:
+    """The summary printed at the end of ``stackvi fit``."""
+    lines = [
+        f"{name}: {s['final']:.6g} ± {s['final_sd']:.3g} (mean ± sd of the last {s['window']} "
+        f"steps; first {s['window']}: {s['first']:.6g})",
+    ]
+    if "held_out_per_image" in s:
+        lines.append(f"{name} per image: train {s['final'] / s['train_images']:.4g} nats, "
+                     f"held-out {s['held_out_per_image']:.4g} nats "
+                     f"({s['train_images']} training digits)")
+    lines.append(f"time: {s['wall_s']:.1f} s for {s['steps']} steps "
+                 f"({s['steps_per_s']:.0f} steps/s, compilation included)")
+    lines.append("wrote: " + ", ".join(str(f) for f in files))
+    return "\n".join(lines)
