@@ -229,8 +229,7 @@ def baseline_term(msg: dict, value) -> Term:
 
     batch = tuple(msg["fn"].batch_shape)
     value = jnp.broadcast_to(jnp.asarray(value), jnp.broadcast_shapes(jnp.shape(value), batch))
-    frames = dict(_terms._DIM_NAMES[-1]) if _terms._DIM_NAMES else {}
-    frames.update({f.dim: f.name for f in msg.get("cond_indep_stack", ())})
+    frames = _terms.dim_names(msg)
     nd = value.ndim
     names = tuple(frames[i - nd] for i in range(nd) if (i - nd) in frames)
     drop = tuple(i for i in range(nd) if (i - nd) not in frames)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Term", "Terms", "align", "site_log_prob"]
+__all__ = ["Term", "Terms", "align", "dim_names", "site_log_prob"]
 
 Names = tuple[str, ...]
 
@@ -137,6 +137,13 @@ class Terms:
         return [t.label for t in self.terms]
 
 
+def dim_names(site: dict) -> dict[int, str]:
+    """The named dims of a site, by negative dim: its plates, and any enumerated/branch dims."""
+    names = dict(_DIM_NAMES[-1]) if _DIM_NAMES else {}
+    names.update({f.dim: f.name for f in site.get("cond_indep_stack", ())})
+    return names
+
+
 def site_log_prob(site: dict, apply_scale: bool = True, label: str | None = None) -> Term:
     """The log-density of one traced sample site as a :class:`Term`.
 
@@ -153,9 +160,7 @@ def site_log_prob(site: dict, apply_scale: bool = True, label: str | None = None
     if apply_scale and site.get("scale") is not None:
         log_prob = log_prob * site["scale"]
     log_prob = jnp.asarray(log_prob)
-    frames = dict(_DIM_NAMES[-1]) if _DIM_NAMES else {}
-    frames.update({f.dim: f.name for f in site.get("cond_indep_stack", ())})
-    return _named(site["name"] if label is None else label, log_prob, frames)
+    return _named(site["name"] if label is None else label, log_prob, dim_names(site))
 
 
 def _named(label: str, log_prob: jax.Array, frames: dict[int, str]) -> Term:

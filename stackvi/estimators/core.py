@@ -304,7 +304,7 @@ def surrogate(value: Terms | jax.Array, nodes: list[Node], state: dict | None = 
 # --------------------------------------------------------------------------- parameters
 
 def _is_real(constraint) -> bool:
-    return constraint is constraints.real or isinstance(constraint, type(constraints.real))
+    return isinstance(constraint, type(constraints.real))
 
 
 class _substitute_params(Messenger):

@@ -121,8 +121,7 @@ def _layout(msg, array, coord: str) -> Term:
     fn = msg["fn"]
     batch, event = tuple(fn.batch_shape), tuple(fn.event_shape)
     array = jnp.broadcast_to(array, batch + event).reshape(batch + (-1,))
-    frames = dict(_terms._DIM_NAMES[-1]) if _terms._DIM_NAMES else {}
-    frames.update({f.dim: f.name for f in msg.get("cond_indep_stack", ())})
+    frames = _terms.dim_names(msg)
     n = len(batch)
     names = tuple(frames[i - n] for i in range(n) if (i - n) in frames)
     squeeze = tuple(i for i in range(n) if (i - n) not in frames)
@@ -153,8 +152,7 @@ class mvd(Strategy):
         dim, axis = got
         fn = msg["fn"]
         batch, event = tuple(fn.batch_shape), tuple(fn.event_shape)
-        frames = dict(_terms._DIM_NAMES[-1]) if _terms._DIM_NAMES else {}
-        frames.update({f.dim: f.name for f in msg.get("cond_indep_stack", ())})
+        frames = _terms.dim_names(msg)
         for i, size in enumerate(batch):
             if size != 1 and (i - len(batch)) not in frames:
                 raise ValueError(
