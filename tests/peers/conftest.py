@@ -1,0 +1,355 @@
+"""Shared harness for the peer suites (NumPyro, Pyro, GenJAX tests ported to stackvi).
+
+A peer case is a model, a guide and arguments. It is checked in three steps:
+
+1. The **exact** objective and its gradient come from :func:`exact_elbo`, never
+   from stackvi: a brute-force sum over every joint configuration of the
+   discrete latents, with NumPyro's own distributions evaluated under
+   ``numpyro.handlers.substitute`` (all latents and params substituted), and
+   ``jax.grad`` of that sum w.r.t. the unconstrained params. Model latents the
+   guide does not sample are summed out inside the log (``log Σ_w p(x, z, w)``),
+   per independent group, with the group's ``scale`` applied *outside* the
+   sum, as Pyro's and NumPyro's ``TraceEnum_ELBO`` define it (all sites of one
+   group must share a scale). A guide site's ``scale`` multiplies its
+   ``log q`` term but not its sampling probability.
+2. stackvi's estimate comes from ``estimators.elbo(model, strategy(guide))``
+   with one of :data:`STRATEGIES` wrapped around the guide.
+3. :func:`check_case` compares: an estimator that is exact (every guide latent
+   enumerated) to float32 precision at one key; a stochastic one with
+   :func:`assert_unbiased` over ``n`` fixed keys (|mean − exact| ≤ 4·σ̂/√N).
+
+Helpers: :func:`lift_params` turns a ``params`` dict argument (NumPyro's tests
+pass probabilities as plain arguments and differentiate w.r.t. them) into
+``numpyro.param`` sites without touching the peer's model body;
+:func:`unconstrained` maps constrained values to the optimizer's space.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from jax.scipy.special import logsumexp
+from numpyro.distributions import constraints
+from numpyro.handlers import seed, substitute, trace
+
+from stackvi import estimators, handlers
+from tests.conftest import Z_SIGMAS, assert_unbiased, keys, per_key  # noqa: F401  (re-exported)
+
+__all__ = [
+    "STRATEGIES", "EXACT_STRATEGIES", "apply_strategy", "assert_unbiased", "check_case",
+    "exact_elbo", "keys", "lift_params", "per_key", "unconstrained", "Z_SIGMAS",
+]
+
+MAX_CONFIGS = 1 << 16
+
+# --------------------------------------------------------------------------- strategies
+
+#: name -> (wrapper kind, kwargs). "default" leaves the guide as the peer wrote it
+#: (its ``infer={"enumerate": ...}`` annotations claim ``enumerate``; unannotated
+#: discrete sites get stackvi's default, REINFORCE).
+STRATEGIES: dict[str, tuple[str | None, dict]] = {
+    "default": (None, {}),
+    "reinforce": ("reinforce", {"baseline": None}),
+    "reinforce-ema": ("reinforce", {"baseline": "ema"}),
+    "reinforce-loo": ("reinforce", {"baseline": "loo"}),
+    "enumerate": ("enumerate", {}),
+    "mvd": ("mvd", {}),
+}
+
+#: strategies that give the exact gradient when they cover every guide latent
+EXACT_STRATEGIES = ("enumerate",)
+
+#: particles per estimate (leave-one-out needs at least two)
+PARTICLES = {"reinforce-loo": 4}
+
+
+def apply_strategy(guide: Callable, strategy: str, sites: Sequence[str]) -> Callable:
+    """``guide`` with ``strategy`` (a key of :data:`STRATEGIES`) claimed for ``sites``."""
+    kind, kwargs = STRATEGIES[strategy]
+    if kind is None or not sites:
+        return guide
+    return getattr(handlers, kind)(guide, sites=list(sites), **kwargs)
+
+
+def lift_params(fn: Callable, constraint=constraints.simplex, names: Sequence[str] | None = None):
+    """``fn(*args, params)`` with the entries of ``params`` registered as ``numpyro.param`` sites.
+
+    The peer's body is unchanged: it receives the dict of (constrained) param
+    values. Apply it to model and guide alike, so both see the same params.
+    """
+
+    def lifted(*args):
+        *rest, params = args
+        chosen = params if names is None else {k: params[k] for k in names}
+        lifted_params = dict(params)
+        for k, v in chosen.items():
+            lifted_params[k] = numpyro.param(k, v, constraint=constraint)
+        return fn(*rest, lifted_params)
+
+    lifted.__name__ = getattr(fn, "__name__", "lifted")
+    return lifted
+
+
+def unconstrained(values: dict, constraint_of: dict) -> dict:
+    """Constrained param values -> the optimizer's (unconstrained) space."""
+    return {k: dist.biject_to(constraint_of[k]).inv(jnp.asarray(v)) for k, v in values.items()}
+
+
+# --------------------------------------------------------------------------- exact answers
+
+
+def _trace(fn, args, kwargs, values):
+    return trace(seed(substitute(fn, data=values), jax.random.PRNGKey(0))).get_trace(
+        *args, **kwargs)
+
+
+def _latents(tr) -> dict:
+    return {n: s for n, s in tr.items() if s["type"] == "sample" and not s["is_observed"]}
+
+
+def _support(site) -> np.ndarray:
+    fn = site["fn"]
+    if not fn.has_enumerate_support:
+        raise NotImplementedError(
+            f"exact_elbo: site '{site['name']}' ({type(fn).__name__}) is not discrete; "
+            "write the exact answer by hand")
+    return np.asarray(fn.enumerate_support(expand=False)).reshape(-1)
+
+
+def _scale(site) -> float:
+    s = site.get("scale")
+    return 1.0 if s is None else float(np.asarray(s))
+
+
+class ExactELBO:
+    """The exact ELBO of ``(model, guide)`` at given args, as a function of unconstrained params.
+
+    Built by :func:`exact_elbo`. ``value(params)`` and ``value_and_grad(params)``
+    take the unconstrained dict stackvi's ``obj.init`` returns (same keys).
+    """
+
+    def __init__(self, model, guide, args, kwargs, params: dict, seed_perturb: int = 1):
+        self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
+        # params: discovered from the traces, with their constraints
+        gtr = trace(seed(guide, jax.random.PRNGKey(0))).get_trace(*args, **kwargs)
+        mtr = trace(seed(numpyro.handlers.replay(model, gtr), jax.random.PRNGKey(1))).get_trace(
+            *args, **kwargs)
+        self.constraints = {}
+        for tr in (gtr, mtr):
+            for n, s in tr.items():
+                if s["type"] == "param":
+                    self.constraints[n] = s["kwargs"].get("constraint", constraints.real)
+        missing = set(self.constraints) - set(params)
+        if missing:
+            raise ValueError(f"exact_elbo: no value for params {sorted(missing)}")
+        # guide latents and model-only latents, each element a separate variable
+        self.zsites = [(n, s["value"].shape, _support(s)) for n, s in _latents(gtr).items()]
+        self.gscales = {n: _scale(s) for n, s in gtr.items() if s["type"] == "sample"}
+        z0 = {n: s["value"] for n, s in _latents(gtr).items()}
+        mtr = _trace(model, args, kwargs, {**self._constrain(params), **z0})
+        self.wsites = [(n, s["value"].shape, _support(s)) for n, s in _latents(mtr).items()
+                       if n not in z0]
+        self.mscales = {n: _scale(s) for n, s in mtr.items() if s["type"] == "sample"}
+        self.zgrid, self.zaxes = self._grid(self.zsites)
+        self.wgrid, self.waxes = self._grid(self.wsites)
+        if len(self.zgrid) * len(self.wgrid) > MAX_CONFIGS:
+            raise NotImplementedError("exact_elbo: too many configurations to brute-force")
+        # dependency structure of model factors on model-only latents, found at
+        # randomly perturbed params (so a coincidence of values cannot hide one)
+        rng = np.random.default_rng(seed_perturb)
+        pert = {k: v + 0.1 * rng.standard_normal(np.shape(v)) for k, v in params.items()}
+        self.groups = self._groups(pert)
+
+    # -- configurations
+    @staticmethod
+    def _grid(sites):
+        """All joint configurations: {site: values (C, *shape)} and the per-element sizes."""
+        sizes = []
+        for _, shape, sup in sites:
+            sizes += [len(sup)] * int(np.prod(shape, dtype=int))
+        idx = np.array(list(itertools.product(*[range(k) for k in sizes])), dtype=np.int32)
+        idx = idx.reshape(len(idx), len(sizes))
+        values, col = {}, 0
+        for name, shape, sup in sites:
+            m = int(np.prod(shape, dtype=int))
+            values[name] = jnp.asarray(sup[idx[:, col:col + m]].reshape((len(idx), *shape)))
+            col += m
+        return values, tuple(sizes)
+
+    def _constrain(self, params):
+        return {k: dist.biject_to(self.constraints[k])(jnp.asarray(v)) for k, v in params.items()}
+
+    # -- per-factor log-probabilities (unscaled), vmapped over configurations
+    def _factors(self, fn, cparams, values):
+        tr = _trace(fn, self.args, self.kwargs, {**cparams, **values})
+        return {n: jnp.asarray(s["fn"].log_prob(s["value"]))
+                for n, s in tr.items() if s["type"] == "sample"}
+
+    def _model_table(self, cparams):
+        """{site: log p (Cz, Cw, *batch)} over every guide x model-only configuration."""
+
+        def over_w(z):
+            if self.wgrid:
+                return jax.vmap(lambda w: self._factors(self.model, cparams, {**z, **w}))(
+                    self.wgrid)
+            return jax.tree.map(lambda v: v[None], self._factors(self.model, cparams, z))
+
+        if self.zgrid:
+            return jax.vmap(over_w)(self.zgrid)
+        return jax.tree.map(lambda v: v[None], over_w({}))
+
+    def _groups(self, params):
+        cparams = self._constrain(params)
+        table = jax.tree.map(np.asarray, self._model_table(cparams))
+        nz = len(self.zgrid[next(iter(self.zgrid))]) if self.zgrid else 1
+        n_elems = len(self.waxes)
+        # element-level dependency of each factor element on each model-only latent element
+        deps: dict[tuple, set] = {}
+        col = 0
+        for name, shape, _ in self.wsites:  # a latent's own factor is always in its group
+            for e in np.ndindex(*shape):
+                deps.setdefault((name, tuple(int(i) for i in e)), set()).add(col)
+                col += 1
+        for name, t in table.items():
+            batch = t.shape[2:]
+            t = np.where(np.isfinite(t), t, 0.0).reshape((nz, *self.waxes, *batch))
+            for j in range(n_elems):
+                spread = np.ptp(t, axis=1 + j)
+                dep = np.any(spread > 1e-6 * (1 + np.abs(t).max()), axis=tuple(range(n_elems)))
+                for e in np.ndindex(*batch):
+                    if np.broadcast_to(dep, batch)[e]:
+                        deps.setdefault((name, tuple(int(i) for i in e)), set()).add(j)
+        # connected components of latent elements (union-find over factors)
+        parent = list(range(n_elems))
+
+        def find(i):
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for js in deps.values():
+            js = sorted(js)
+            for j in js[1:]:
+                parent[find(j)] = find(js[0])
+        groups: dict[int, dict] = {}
+        for (name, e), js in deps.items():
+            g = groups.setdefault(find(min(js)), {"elems": set(), "factors": [], "scales": set()})
+            g["factors"].append((name, e))
+            g["scales"].add(self.mscales[name])
+        for j in range(n_elems):
+            groups[find(j)]["elems"].add(j)
+        for g in groups.values():
+            if len(g["scales"]) > 1:
+                raise NotImplementedError(
+                    f"exact_elbo: factors {g['factors']} of one model-side enumeration group "
+                    f"have different scales {sorted(g['scales'])}; write the exact answer by hand")
+        return list(groups.values())
+
+    # -- the objective
+    def value(self, params) -> jax.Array:
+        """E_q[Σ model costs − Σ scale·log q], summed exactly over the guide's configurations."""
+        cparams = self._constrain(params)
+        nz = len(self.zgrid[next(iter(self.zgrid))]) if self.zgrid else 1
+        if self.zgrid:
+            gf = jax.vmap(lambda z: self._factors(self.guide, cparams, z))(self.zgrid)
+        else:
+            gf = jax.tree.map(lambda v: v[None], self._factors(self.guide, cparams, {}))
+        zlat = {n for n, _, _ in self.zsites}
+        lq = jnp.zeros(nz)          # log q(z): the sampling probability, unscaled
+        lq_scaled = jnp.zeros(nz)   # Σ scale·log q: the ELBO's guide term
+        for name, v in gf.items():
+            flat = jnp.sum(v.reshape(nz, -1), 1)
+            if name in zlat:
+                lq = lq + flat
+            lq_scaled = lq_scaled + self.gscales[name] * flat
+        table = self._model_table(cparams)
+        n_elems = len(self.waxes)
+        grouped = {f for g in self.groups for f in g["factors"]}
+        cost = jnp.zeros(nz)
+        for name, t in table.items():  # factor elements no model-only latent touches
+            first = t[:, 0]
+            keep = np.ones(first.shape[1:], bool)
+            for n, e in grouped:
+                if n == name:
+                    keep[e] = False
+            cost = cost + self.mscales[name] * jnp.sum(
+                jnp.where(keep, first, 0.0).reshape(nz, -1), 1)
+        for g in self.groups:  # scale · log Σ_w Π factors, per independent group
+            tot = sum(table[name][(slice(None), slice(None), *e)] for name, e in g["factors"])
+            tot = tot.reshape((nz, *self.waxes))
+            tot = tot[(slice(None), *(slice(None) if j in g["elems"] else 0
+                                      for j in range(n_elems)))]
+            (scale,) = g["scales"]
+            cost = cost + scale * logsumexp(tot.reshape(nz, -1), axis=1)
+        ok = jnp.isfinite(lq)
+        q = jnp.exp(jnp.where(ok, lq, -jnp.inf))
+        inner = jnp.where(ok, cost, 0.0) - jnp.where(ok, lq_scaled, 0.0)
+        return jnp.sum(jnp.where(q > 0, q * inner, 0.0))
+
+    def value_and_grad(self, params):
+        return jax.value_and_grad(self.value)(params)
+
+
+def exact_elbo(model, guide, args=(), kwargs=None, *, params: dict) -> ExactELBO:
+    """The exact ELBO (brute force) for ``model``/``guide`` at ``args``; see :class:`ExactELBO`.
+
+    ``params``: unconstrained values for every param site (e.g. ``obj.init(...)``);
+    used to find the model's dependency structure (perturbed) and to check keys.
+    """
+    return ExactELBO(model, guide, tuple(args), dict(kwargs or {}), params)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_case(model, guide, args, strategy: str, sites: Sequence[str], *,
+               exact: ExactELBO | None = None, exact_value=None, exact_grads=None,
+               is_exact: bool | None = None, n: int = 4000, seed: int = 0,
+               init_key: int = 0, params: dict | None = None):
+    """Run ``strategy`` on ``sites`` of ``guide`` and compare with the exact answer.
+
+    The exact value and gradient come from ``exact`` (an :class:`ExactELBO`) or
+    are given (``exact_value``, ``exact_grads``: dict keyed by param name, in the
+    unconstrained space). ``is_exact`` (default: strategy in
+    :data:`EXACT_STRATEGIES`) selects a tight float32 comparison at one key;
+    otherwise ``n`` keys and :func:`assert_unbiased`.
+    Returns ``(value, grads)`` (means over keys when stochastic).
+    """
+    obj = estimators.elbo(model, apply_strategy(guide, strategy, sites),
+                          num_particles=PARTICLES.get(strategy, 1))
+    if params is None:
+        params = obj.init(jax.random.PRNGKey(init_key), *args)
+    if exact is not None:
+        exact_value, exact_grads = exact.value_and_grad(params)
+    assert set(exact_grads) == set(params), (sorted(exact_grads), sorted(params))
+    if is_exact is None:
+        is_exact = strategy in EXACT_STRATEGIES
+    if is_exact:
+        value, grads = jax.jit(obj.value_and_grad)(params, jax.random.PRNGKey(seed), *args)
+        assert set(grads) == set(exact_grads), (sorted(grads), sorted(exact_grads))
+        np.testing.assert_allclose(value, exact_value, rtol=1e-4, atol=1e-5, err_msg="value")
+        for k in exact_grads:
+            np.testing.assert_allclose(grads[k], exact_grads[k], rtol=1e-4, atol=1e-5,
+                                       err_msg=f"grad {k}")
+        return value, grads
+    values, grads = per_key(obj, params, n, *args, seed=seed)
+    assert set(grads) == set(exact_grads), (sorted(grads), sorted(exact_grads))
+    assert_unbiased(values, exact_value, what=f"{strategy}: value")
+    for k in sorted(exact_grads):
+        g = np.asarray(grads[k])
+        assert np.all(np.isfinite(g)), f"{strategy}: grad {k} not finite"
+        assert_unbiased(g, exact_grads[k], what=f"{strategy}: grad {k}")
+    return values.mean(0), jax.tree.map(lambda g: g.mean(0), grads)
+
+
+def sqrt_n_tolerance(n: int) -> float:
+    """1/√n, the scale of a Monte Carlo error with n samples (for docs and messages)."""
+    return 1.0 / math.sqrt(n)
