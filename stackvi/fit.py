@@ -1,10 +1,26 @@
-"""``fit``: maximize an objective with an optax optimizer.
+"""``fit``: maximize an objective with an optax optimizer; checkpoint, resume, stop cleanly.
 
-Steps run in compiled chunks (``lax.scan`` under one ``jit``), so per-step
-Python overhead vanishes; between chunks a progress bar shows the running
-objective. Parameters live unconstrained (as in NumPyro's ``SVI``); the result
-holds them both ways. Baseline state (e.g. moving averages) is threaded
-through the steps.
+Steps run in compiled chunks (a ``while_loop`` under one ``jit``), so per-step
+Python overhead vanishes; between chunks a progress bar shows steps/s, the
+ETA and the running objective. Parameters live unconstrained (as in NumPyro's
+``SVI``); the result holds them both ways. Baseline state (e.g. moving
+averages) is threaded through the steps.
+
+* **Keys from the absolute step.** Step ``i`` uses ``fold_in(key, i)``, and
+  every chunk runs the same compiled loop (a fixed-size buffer, a dynamic
+  step count), so chunk boundaries never change the numbers: a run stopped at
+  any step and resumed equals, bit for bit, the run that was never stopped.
+* **Compiled once.** The loop is cached per objective, optimizer, buffer size
+  and static arguments; a second ``fit`` (or a shorter last chunk) reuses it.
+  Reuse the same objective and optimizer objects to benefit.
+* **Checkpoints** (:mod:`stackvi.checkpoint`): with ``checkpoint=PATH``, every
+  ``checkpoint_every`` steps and/or seconds (default ``"30s"``), at the end,
+  on Ctrl-C and on a non-finite step, written atomically (``.npz`` + JSON, no
+  pickle). ``resume=PATH`` continues to ``num_steps`` *in total*.
+* **Non-finite steps** stop the fit with :class:`~stackvi.estimators.NonFiniteError`
+  naming the step, the sites or parameters; its ``.result`` (and the
+  checkpoint) hold the last good state. Ctrl-C raises :class:`FitInterrupted`
+  (a ``KeyboardInterrupt``) with ``.result`` and ``.checkpoint``.
 
 >>> import jax, jax.numpy as jnp, optax, numpyro, numpyro.distributions as dist
 >>> from numpyro.distributions import constraints
@@ -26,9 +42,13 @@ through the steps.
 
 from __future__ import annotations
 
-import pickle
+import numbers
+import os
+import re
+import time
+import warnings
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,18 +56,125 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from stackvi.estimators.core import NonFiniteError, Objective, non_finite_message
+from stackvi.checkpoint import CheckpointError, FitResult, load, restore, save
+from stackvi.estimators import NonFiniteError, Objective
 
-__all__ = ["fit", "FitResult", "save", "load"]
+__all__ = ["fit", "FitResult", "FitInterrupted", "CheckpointError", "save", "load"]
+
+DEFAULT_CHECKPOINT_EVERY = "30s"
+_DEFAULT_OPTIMIZER = optax.adam(1e-3)
+_CACHE: OrderedDict = OrderedDict()  # compiled loops, most recent last
+_CACHE_SIZE = 16
+_clock = time.monotonic  # when checkpoints are due (tests replace it)
+TRACES = 0  # how many times a step loop was traced (each trace is one compilation)
 
 
-class FitResult(NamedTuple):
-    params: dict  # constrained: what the model and guide see
-    raw_params: dict  # unconstrained: the optimizer's space, for obj.estimate & co.
-    opt_state: Any
-    baseline_state: dict
-    history: np.ndarray  # objective estimate at every step (higher is better)
+class FitInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`fit`: ``.result`` is the last complete step's state, ``.checkpoint``
+    where it was saved (or ``None``)."""
 
+    def __init__(self, message, result=None, checkpoint=None):
+        super().__init__(message)
+        self.result, self.checkpoint = result, checkpoint
+
+
+# --------------------------------------------------------------------------- arguments
+
+def _count(name, value, minimum=1, optional=False):
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_every(every) -> tuple[int | None, float | None]:
+    """``checkpoint_every`` as ``(steps, seconds)``: ``500``, ``"30s"``, ``"5m"``, ``"500,30s"``.
+
+    >>> parse_every("1000,2m"), parse_every(50)
+    ((1000, 120.0), (50, None))
+    """
+    items = every.split(",") if isinstance(every, str) else (
+        list(every) if isinstance(every, (list, tuple)) else [every])
+    steps = seconds = None
+    bad = ValueError(f"checkpoint_every: give steps (500), a time ('30s', '5m', '1h') or both "
+                     f"('500,30s'); got {every!r}")
+    for item in items:
+        if isinstance(item, str):
+            item = item.strip()
+            m = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([smh])", item)
+            if m:
+                if seconds is not None or float(m.group(1)) <= 0:
+                    raise bad
+                seconds = float(m.group(1)) * _UNITS[m.group(2)]
+                continue
+            if not item.isdigit():
+                raise bad
+            item = int(item)
+        if isinstance(item, bool) or not isinstance(item, numbers.Integral) or item < 1 \
+                or steps is not None:
+            raise bad
+        steps = int(item)
+    if steps is None and seconds is None:
+        raise bad
+    return steps, seconds
+
+
+def _check_key(key):
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and shape == ():
+        return
+    if dtype == jnp.uint32 and shape is not None and len(shape) == 1 and shape[0] in (2, 4):
+        return
+    raise TypeError(f"rng_key must be one PRNG key, e.g. jax.random.PRNGKey(0); got "
+                    f"{type(key).__name__} {getattr(key, 'dtype', '')}{list(shape or [])}")
+
+
+def _check_args(objective, rng_key, optimizer, num_steps, chunk_size, progress, init_params,
+                checkpoint, checkpoint_every, resume):
+    if not isinstance(objective, Objective):
+        raise TypeError(f"objective must be a stackvi.estimators.Objective (e.g. "
+                        f"estimators.elbo(model, guide)), got {type(objective).__name__}")
+    _check_key(rng_key)
+    if optimizer is not None and not (callable(getattr(optimizer, "init", None))
+                                      and callable(getattr(optimizer, "update", None))):
+        raise TypeError(f"optimizer must be an optax GradientTransformation (e.g. "
+                        f"optax.adam(1e-3)), got {type(optimizer).__name__}")
+    _count("num_steps", num_steps)
+    _count("chunk_size", chunk_size, optional=True)
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be True or False, got {progress!r}")
+    if init_params is not None and not isinstance(init_params, dict):
+        raise TypeError(f"init_params must be a dict of unconstrained params (as from "
+                        f"objective.init), got {type(init_params).__name__}")
+    if init_params is not None and resume is not None:
+        raise ValueError("give init_params or resume, not both (resume restores the params)")
+    for name, p in (("checkpoint", checkpoint), ("resume", resume)):
+        if p is not None and not isinstance(p, (str, os.PathLike)):
+            raise TypeError(f"{name} must be a file path, got {type(p).__name__}")
+    if checkpoint_every is not None and checkpoint is None:
+        raise ValueError("checkpoint_every needs checkpoint=PATH (where to write)")
+    if resume is not None and not Path(resume).is_file():
+        raise FileNotFoundError(f"resume: no checkpoint file at '{resume}'")
+    if checkpoint is not None:
+        folder = Path(checkpoint).parent
+        if Path(checkpoint).is_dir():
+            raise IsADirectoryError(f"checkpoint: '{checkpoint}' is a folder; give a file path "
+                                    f"such as '{Path(checkpoint) / 'fit.npz'}'")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"checkpoint: cannot create folder '{folder}': {e.strerror}") from e
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(f"checkpoint: folder '{folder}' is not writable")
+
+
+# --------------------------------------------------------------------------- the compiled loop
 
 def _split_static(tree):
     """Separate array leaves (traced) from everything else (closed over, static)."""
@@ -62,8 +189,75 @@ def _split_static(tree):
             treedef, [next(it) if a else s for a, s in zip(is_array, static, strict=True)]
         )
 
-    return dynamic, merge
+    key = (treedef, tuple((type(s), s) for s in static))
+    try:
+        hash(key)
+    except TypeError:
+        key = None  # unhashable static arguments: compile afresh
+    return dynamic, merge, key
 
+
+def _finite(x):
+    return jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
+
+
+def _make_loop(objective, optimizer, merge, size):
+    def step(carry, key, dyn):
+        params, opt_state, bstate = carry
+        a, kw = merge(dyn)
+        value, grads, bstate = objective.value_and_grad_with_state(params, bstate, key, *a, **kw)
+        # optax minimizes; we maximize the objective.
+        updates, opt_state = optimizer.update(jax.tree_util.tree_map(jnp.negative, grads),
+                                              opt_state, params)
+        return value, grads, (optax.apply_updates(params, updates), opt_state, bstate)
+
+    def loop(carry, base_key, start, count, dyn):
+        global TRACES
+        TRACES += 1
+        n_leaves = len(jax.tree_util.tree_leaves(carry[0]))
+
+        def body(s):
+            i, _, carry, values, _ = s
+            value, grads, new = step(carry, jax.random.fold_in(base_key, start + i), dyn)
+            grad_ok = jnp.stack([_finite(g) for g in jax.tree_util.tree_leaves(grads)]
+                                or [jnp.bool_(True)])
+            ok = (jnp.isfinite(value) & jnp.all(grad_ok)
+                  & jnp.all(jnp.stack([_finite(p) for p in jax.tree_util.tree_leaves(new[0])]
+                                      or [jnp.bool_(True)])))
+            carry = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, carry)
+            values = values.at[i].set(jnp.asarray(value, values.dtype))
+            return i + ok.astype(i.dtype), ok, carry, values, grad_ok
+
+        init = (jnp.int32(0), jnp.bool_(True), carry, jnp.full(size, jnp.nan),
+                jnp.ones(max(n_leaves, 1), bool))
+        i, _, carry, values, grad_ok = jax.lax.while_loop(
+            lambda s: s[1] & (s[0] < count), body, init)
+        return carry, values, i, grad_ok
+
+    return jax.jit(loop), step
+
+
+def _compiled(objective, optimizer, args, kwargs, size):
+    dynamic, merge, static_key = _split_static((args, kwargs))
+    key = None if static_key is None else (id(objective), id(optimizer), size, static_key)
+    if key is not None and key in _CACHE:
+        _CACHE.move_to_end(key)
+        return dynamic, _CACHE[key][2], _CACHE[key][3], merge
+    loop, step = _make_loop(objective, optimizer, merge, size)
+    if key is not None:  # the entry keeps objective and optimizer alive, so ids stay unique
+        _CACHE[key] = (objective, optimizer, loop, step)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return dynamic, loop, step, merge
+
+
+def _strong(x):
+    if getattr(x, "weak_type", False):
+        return jnp.asarray(x, dtype=x.dtype)
+    return x
+
+
+# --------------------------------------------------------------------------- fit
 
 def fit(
     objective: Objective,
@@ -75,100 +269,173 @@ def fit(
     progress: bool = True,
     init_params: dict | None = None,
     checkpoint: str | Path | None = None,
+    checkpoint_every: int | str | None = None,
     resume: str | Path | None = None,
     **kwargs,
 ) -> FitResult:
-    """Run ``num_steps`` of stochastic gradient ascent on ``objective``.
+    """Run stochastic gradient ascent on ``objective`` until ``num_steps`` steps are done.
 
-    ``init_params`` (unconstrained) overrides ``objective.init``; ``resume``
-    loads params, optimizer and baseline state saved by an earlier
-    ``checkpoint=`` run and continues from there.
+    ``init_params`` (unconstrained) overrides ``objective.init``. ``checkpoint``
+    is a file path (``.npz``) written every ``checkpoint_every`` steps (``500``)
+    and/or seconds (``"30s"``, ``"500,30s"``; default ``"30s"``), at the end, on
+    Ctrl-C and on a non-finite step. ``resume`` loads such a file and continues
+    the same run up to ``num_steps`` steps in total; with the same ``rng_key``
+    the result is bit for bit that of an uninterrupted run. A checkpoint from
+    another objective, model/guide or optimizer is refused.
     """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    optimizer = optimizer if optimizer is not None else optax.adam(1e-3)
-    init_key, rng_key = jax.random.split(rng_key)
-    history: list[np.ndarray] = []
-    if resume is not None:
-        saved = load(resume)
-        params, opt_state, bstate = saved.raw_params, saved.opt_state, saved.baseline_state
-        history.append(np.asarray(saved.history))
-        # Resuming with the run's own key must not replay the first steps' samples.
-        rng_key = jax.random.fold_in(rng_key, len(saved.history))
-    else:
+    _check_args(objective, rng_key, optimizer, num_steps, chunk_size, progress, init_params,
+                checkpoint, checkpoint_every, resume)
+    optimizer = optimizer if optimizer is not None else _DEFAULT_OPTIMIZER
+    every_steps, every_s = (None, None) if checkpoint is None else parse_every(
+        checkpoint_every if checkpoint_every is not None else DEFAULT_CHECKPOINT_EVERY)
+    init_key, base_key = jax.random.split(rng_key)
+
+    history = [np.zeros(0, jnp.zeros(0).dtype)]
+    if resume is None:
         params = init_params if init_params is not None else objective.init(
             init_key, *args, **kwargs)
-        opt_state = optimizer.init(params)
-        bstate = objective.init_state(params, init_key, *args, **kwargs)
-
-    dynamic, merge = _split_static((args, kwargs))
-
-    def step(carry, key, dyn):
-        params, opt_state, bstate = carry
-        a, kw = merge(dyn)
-        value, grads, bstate = objective.value_and_grad_with_state(params, bstate, key, *a, **kw)
-        # optax minimizes; we maximize the objective.
-        updates, opt_state = optimizer.update(jax.tree_util.tree_map(jnp.negative, grads),
-                                              opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state, bstate), value
-
-    @jax.jit
-    def run_chunk(carry, keys, dyn):
-        return jax.lax.scan(lambda c, k: step(c, k, dyn), carry, keys)
-
-    single_step = jax.jit(step)
-    chunk = chunk_size or max(1, min(num_steps, num_steps // 100 or 1))
-    keys = jax.random.split(rng_key, num_steps)
+        carry = (params, optimizer.init(params),
+                 objective.init_state(params, init_key, *args, **kwargs))
+    else:
+        fresh = objective.init(init_key, *args, **kwargs)
+        like = FitResult({}, fresh, optimizer.init(fresh),
+                         objective.init_state(fresh, init_key, *args, **kwargs), None)
+        saved, meta, saved_key = restore(resume, like, objective.name)
+        if saved_key is not None and not np.array_equal(
+                saved_key, np.asarray(jax.random.key_data(rng_key) if jnp.issubdtype(
+                    rng_key.dtype, jax.dtypes.prng_key) else rng_key)):
+            warnings.warn(f"resume: rng_key differs from the one of the run in '{resume}'; the "
+                          f"steps after {meta['step']} draw from the new key", stacklevel=2)
+        if meta["step"] > num_steps:
+            raise ValueError(f"resume: the checkpoint is at step {meta['step']}, past "
+                             f"num_steps={num_steps} (num_steps counts all steps of the run)")
+        carry = (saved.raw_params, saved.opt_state, saved.baseline_state)
+        history = [np.asarray(saved.history)]
     # A weakly typed leaf (numpyro.param("m", 0.0)) turns strong after one update, which
-    # would compile run_chunk up to three times: make every leaf strong up front.
-    carry = jax.tree_util.tree_map(_strong, (params, opt_state, bstate))
-    done = 0
-    with tqdm(total=num_steps, disable=not progress, desc=objective.name) as bar:
-        while done < num_steps:
+    # would compile the loop twice: make every leaf strong up front.
+    carry = jax.tree_util.tree_map(_strong, carry)
+
+    chunk = chunk_size or max(1, num_steps // 100)
+    size = max(256, 1 << (chunk - 1).bit_length())
+    dynamic, loop, step, merge = _compiled(objective, optimizer, args, kwargs, size)
+    state = (carry, history, sum(len(h) for h in history))  # replaced whole: always consistent
+    saved_at = (state[2], _clock())
+
+    def result_of(state):
+        carry, history, _ = state
+        p, o, b = carry
+        return FitResult(objective.constrain(p, *args, **kwargs), p, o, b,
+                         np.concatenate(history))
+
+    def write(state, status, message=None):
+        if checkpoint is not None:
+            save(checkpoint, result_of(state), objective=objective.name, rng_key=rng_key,
+                 info={"status": status, "num_steps": num_steps, "message": message,
+                       "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        return checkpoint
+
+    bar = tqdm(total=num_steps, initial=state[2], disable=not progress, desc=objective.name,
+               unit="step", dynamic_ncols=True)
+    try:
+        per_step = None
+        while state[2] < num_steps:
+            done = state[2]
             n = min(chunk, num_steps - done)
-            new_carry, values = run_chunk(carry, keys[done:done + n], dynamic)
+            if every_steps:
+                n = min(n, every_steps - done % every_steps)
+            if per_step and every_s:  # keep a chunk well under the checkpoint interval
+                n = max(1, min(n, int(every_s / 4 / per_step)))
+            t0 = time.perf_counter()
+            new_carry, values, n_ok, grad_ok = loop(state[0], base_key, jnp.int32(done),
+                                                    jnp.int32(n), dynamic)
+            n_ok = int(n_ok)
             values = np.asarray(values)
-            if not np.all(np.isfinite(values)):
-                _raise_non_finite(objective, single_step, carry, keys[done:done + n], values,
-                                  dynamic, merge, done)
-            carry = new_carry
-            history.append(values)
-            done += n
-            bar.update(n)
-            bar.set_postfix({objective.name: f"{values.mean():.4g}"})
+            state = (new_carry, [*state[1], values[:n_ok]], done + n_ok)
+            per_step = (time.perf_counter() - t0) / max(n_ok, 1)
+            if n_ok < n:
+                _raise_non_finite(objective, step, state, base_key, values[n_ok], grad_ok,
+                                  dynamic, merge, write, result_of)
+            bar.update(n_ok)
+            bar.set_postfix({objective.name: f"{values[:n_ok].mean():.5g}"}, refresh=False)
+            now = _clock()
+            if checkpoint is not None and state[2] < num_steps and (
+                    (every_steps and state[2] % every_steps == 0)
+                    or (every_s and now - saved_at[1] >= every_s)):
+                write(state, "running")
+                saved_at = (state[2], _clock())
+        write(state, "done")
+    except KeyboardInterrupt as e:
+        if isinstance(e, FitInterrupted):
+            raise
+        where = write(state, "interrupted", "interrupted (Ctrl-C)")
+        how = (f"saved in '{where}'; resume with fit(..., resume='{where}')" if where else
+               "pass checkpoint=PATH to keep it")
+        raise FitInterrupted(f"fit interrupted after {state[2]} steps; the state is {how}",
+                             result_of(state), where) from None
+    finally:
+        bar.close()
+    return result_of(state)
 
-    params, opt_state, bstate = carry
-    result = FitResult(objective.constrain(params, *args, **kwargs), params, opt_state, bstate,
-                       np.concatenate(history))
-    if checkpoint is not None:
-        save(checkpoint, result)
-    return result
 
-
-def _strong(x):
-    if getattr(x, "weak_type", False):
-        return jnp.asarray(x, dtype=x.dtype)
-    return x
-
-
-def _raise_non_finite(objective, single_step, carry, keys, values, dynamic, merge, offset):
-    bad = int(np.argmax(~np.isfinite(values)))
-    for i in range(bad):  # re-run eagerly up to the failing step to name the culprit
-        carry, _ = single_step(carry, keys[i], dynamic)
+def _raise_non_finite(objective, step, state, base_key, value, grad_ok, dynamic, merge, write,
+                      result_of):
+    (params, opt_state, bstate), _, done = state
+    key = jax.random.fold_in(base_key, done)
     a, kw = merge(dynamic)
-    msg = non_finite_message(objective, carry[0], keys[bad], a, kw)
-    raise NonFiniteError(f"step {offset + bad}: {msg}")
+    names = [_param_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    bad = [n for n, ok in zip(names, np.asarray(grad_ok), strict=False) if not ok]
+    if not np.isfinite(value):
+        try:
+            objective.check_finite(params, key, *a, **kw)
+            msg = f"{objective.name} is not finite ({value})."
+        except NonFiniteError as e:
+            msg = str(e)
+    elif bad:
+        sites = _gradient_sites(objective, params, key, a, kw)
+        msg = (f"the gradient of {objective.name} is not finite for parameters {bad} although "
+               f"its value ({float(value):.6g}) is"
+               + (f"; non-finite gradients come from the log-density terms {sites} (p: model, "
+                  f"q: guide)" if sites else "")
+               + ". Look for operations with an infinite derivative at these values (sqrt or "
+               "log at 0, a boundary of a constraint) or lower the learning rate.")
+    else:
+        _, _, (new_params, _, _) = step((params, opt_state, bstate), key, dynamic)
+        out = [n for n, x in zip(names, jax.tree_util.tree_leaves(new_params), strict=False)
+               if not bool(_finite(x))]
+        msg = (f"the optimizer's update made parameters {out} non-finite (gradients too large "
+               f"for the learning rate? lower it, or clip with optax.clip_by_global_norm).")
+    where = write(state, "non-finite", msg)
+    keep = (f"The last good state (after {done} steps) is saved in '{where}'." if where else
+            f"The last good state (after {done} steps) is in this error's .result; pass "
+            "checkpoint=PATH to keep it on disk.")
+    err = NonFiniteError(f"step {done}: {msg} {keep}")
+    err.result, err.checkpoint = result_of(state), where
+    raise err
 
 
-def save(path: str | Path, result: FitResult) -> None:
-    """Write a :class:`FitResult` (params, optimizer and baseline state, history) to ``path``."""
-    host = jax.tree_util.tree_map(np.asarray, tuple(result))
-    with open(path, "wb") as f:
-        pickle.dump(host, f)
+def _param_name(path) -> str:
+    """``m`` for ``params["m"]``, ``net$params['w']`` for a leaf inside a module's params."""
+    head, rest = path[0], path[1:]
+    if isinstance(head, jax.tree_util.DictKey):
+        return f"{head.key}{jax.tree_util.keystr(rest)}"
+    return jax.tree_util.keystr(path)
 
 
-def load(path: str | Path) -> FitResult:
-    """Read a :class:`FitResult` written by :func:`save` (arrays as JAX arrays)."""
-    with open(path, "rb") as f:
-        host = pickle.load(f)
-    return FitResult(*jax.tree_util.tree_map(jnp.asarray, host))
+def _gradient_sites(objective, params, key, a, kw) -> list[str]:
+    """Best effort: log-density terms whose own gradient is non-finite (names like ``q:z``)."""
+    try:
+        value, _ = objective.run(params, key, *a, **kw)
+        terms = list(getattr(value, "terms", ()))[:32]
+
+        def one(p, j):
+            v, _ = objective.run(p, key, *a, **kw)
+            return jnp.sum(v.terms[j].array)
+
+        out = []
+        for j, t in enumerate(terms):
+            g = jax.grad(one)(params, j)
+            if not all(bool(_finite(x)) for x in jax.tree_util.tree_leaves(g)):
+                out.append(t.label)
+        return out
+    except Exception:  # internals changed, or the program is not differentiable per term
+        return []
