@@ -29,6 +29,7 @@ Safe and atomic:
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 import tempfile
@@ -43,9 +44,10 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["FitResult", "CheckpointError", "save", "load", "restore", "read_meta",
-           "fingerprint", "atomic_write"]
+           "fingerprint", "atomic_write", "parse_every"]
 
 FORMAT, VERSION, META = "stackvi-checkpoint", 1, "__meta__"
+DEFAULT_CHECKPOINT_EVERY = "30s"
 _PARTS = ("params", "raw_params", "opt_state", "baseline_state")
 
 
@@ -59,6 +61,41 @@ class FitResult(NamedTuple):
 
 class CheckpointError(ValueError):
     """A file that is not a valid stackvi checkpoint, or one written for another run."""
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_every(every) -> tuple[int | None, float | None]:
+    """``checkpoint_every`` as ``(steps, seconds)``: ``500``, ``"30s"``, ``"5m"``, ``"500,30s"``.
+
+    >>> parse_every("1000,2m"), parse_every(50)
+    ((1000, 120.0), (50, None))
+    """
+    items = every.split(",") if isinstance(every, str) else (
+        list(every) if isinstance(every, (list, tuple)) else [every])
+    steps = seconds = None
+    bad = ValueError(f"checkpoint_every: give steps (500), a time ('30s', '5m', '1h') or both "
+                     f"('500,30s'); got {every!r}")
+    for item in items:
+        if isinstance(item, str):
+            item = item.strip()
+            m = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([smh])", item)
+            if m:
+                if seconds is not None or float(m.group(1)) <= 0:
+                    raise bad
+                seconds = float(m.group(1)) * _UNITS[m.group(2)]
+                continue
+            if not item.isdigit():
+                raise bad
+            item = int(item)
+        if isinstance(item, bool) or not isinstance(item, numbers.Integral) or item < 1 \
+                or steps is not None:
+            raise bad
+        steps = int(item)
+    if steps is None and seconds is None:
+        raise bad
+    return steps, seconds
 
 
 # --------------------------------------------------------------------------- writing

@@ -5,7 +5,8 @@
     stackvi fit [--model FILE.py:FN] [--guide FILE.py:FN | AutoNormal | ...]
                 [--data FILE.py:FN] [--objective elbo] [--particles K]
                 [--strategy SITE=reinforce ...] [--baseline SITE=ema ...]
-                [--steps N] [--lr LR] [--optimizer adam] [--seed S] [--out DIR]
+                [--steps N] [--lr LR] [--optimizer adam] [--seed S]
+                [--out DIR [--overwrite]] [--checkpoint-every 30s] [--resume DIR]
 
 With no arguments (``stackvi`` or ``stackvi fit``) it runs the bundled default:
 the VAE of :mod:`stackvi.models.vae` on scikit-learn's binarized digits, which
@@ -27,12 +28,22 @@ Conventions:
   guide (``reinforce``, ``reparam``, ...); ``--baseline SITE=ema`` gives that
   site a baseline (:mod:`stackvi.baselines`). Unnamed sites get the default.
 
-Outputs in ``--out`` (default ``runs/<timestamp>``): ``params.pkl`` (a
-:class:`stackvi.FitResult`, read it with :func:`stackvi.fit.load`),
-``loss.png`` (the objective per step), ``summary.json``, and for the bundled
-VAE ``digits.png`` (held-out digits, their reconstructions, and samples).
-Bad input ends the job with a one-line error and exit status 2
-(``--traceback`` shows the full traceback instead).
+Outputs in ``--out`` (default: a fresh ``runs/<timestamp>``; a folder holding an
+earlier run's results is refused unless ``--overwrite``): ``config.json`` (the
+options), ``checkpoint.npz`` (a :class:`stackvi.FitResult`, written atomically
+every ``--checkpoint-every`` steps and/or seconds, at the end and on Ctrl-C;
+read it with :func:`stackvi.fit.load`), ``loss.png`` (the objective per
+step), ``summary.json`` (also for a failed or interrupted run: its
+``status`` and ``error``), and for the bundled VAE ``digits.png`` (held-out
+digits, their reconstructions, and samples). ``--resume DIR`` continues an
+interrupted run in ``DIR`` with its own options (``--steps``, ``--lr`` and
+``--checkpoint-every`` may change); with the same options the result equals
+the uninterrupted run's bit for bit.
+
+Every failure ends the job with one line on stderr and exit status 2 (a
+failure in your model names its file and line; ``--traceback`` shows the full
+traceback instead); Ctrl-C saves the checkpoint, says how to resume, and exits
+with 130.
 
 >>> args = build_parser().parse_args(["fit", "--strategy", "z=reinforce", "--steps", "50"])
 >>> args.strategy, args.steps, args.objective
@@ -42,30 +53,39 @@ Bad input ends the job with a one-line error and exit status 2
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import inspect
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from stackvi.cli_inputs import (
+    OPTIMIZERS,
+    CLIError,
+    apply_strategies,
+    check_sites,
+    load_callable,
+    load_data,
+    make_guide,
+    make_objective,
+    make_optimizer,
+    one_line,
+    pairs,
+    user_frame,
+)
 from stackvi.report import format_summary, plot_history, summarize
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "CLIError"]
 
 DEFAULT_MODEL = "stackvi.models.vae:model"
 DEFAULT_GUIDE = "stackvi.models.vae:guide"
 DEFAULT_DATA = "stackvi.models.vae:digits_data"
 DEFAULT_STEPS = {"bundled": 20000, "user": 2000}
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "adamax", "nadam", "radam",
-              "lamb", "lion", "yogi", "adabelief", "novograd")
-
-
-class CLIError(Exception):
-    """Bad input: printed as one line, exit status 2."""
+CHECKPOINT, CONFIG, SUMMARY = "checkpoint.npz", "config.json", "summary.json"
+RESULTS = (CONFIG, CHECKPOINT, SUMMARY, "loss.png", "digits.png", "params.pkl")
+RUN_OPTIONS = ("model", "guide", "data", "objective", "particles", "strategy", "baseline",
+               "optimizer", "seed")  # fixed by a run: --resume refuses them
+RESUME_MAY_CHANGE = ("steps", "lr", "checkpoint_every")
 
 
 # --------------------------------------------------------------------------- parsing
@@ -93,276 +113,174 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", action="append", default=[], metavar="SITE=NAME",
                    help="baseline for a score-function site, e.g. z=ema (repeatable)")
     p.add_argument("--steps", type=int, default=None,
-                   help=f"optimization steps (default: {DEFAULT_STEPS['bundled']} for the "
-                   f"bundled VAE, {DEFAULT_STEPS['user']} otherwise)")
+                   help=f"optimization steps in all (default: {DEFAULT_STEPS['bundled']} for "
+                   f"the bundled VAE, {DEFAULT_STEPS['user']} otherwise)")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
     p.add_argument("--optimizer", default="adam", help=f"optax optimizer: {', '.join(OPTIMIZERS)}")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (default: 0)")
-    p.add_argument("--out", help="output folder (default: runs/<timestamp>)")
+    p.add_argument("--out", help="output folder (default: a fresh runs/<timestamp>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier run in --out")
+    p.add_argument("--checkpoint-every", default="30s", metavar="N|Ts|N,Ts",
+                   help="write checkpoint.npz every N steps and/or T seconds (s, m, h); "
+                   "default 30s")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue the interrupted run whose outputs are in DIR")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--traceback", action="store_true", help="show full tracebacks on errors")
     return parser
 
 
-def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        site, sep, value = item.partition("=")
-        if not sep or not site or not value:
-            raise CLIError(f"{flag} expects SITE=NAME, got '{item}'")
-        if site in out and out[site] != value:
-            raise CLIError(f"{flag}: site '{site}' given twice ('{out[site]}' and '{value}')")
-        out[site] = value
-    return out
+# --------------------------------------------------------------------------- run folders
 
-
-# --------------------------------------------------------------------------- loading
-
-_LOADED: dict[Path, Any] = {}
-
-
-def _load_module(where: str, flag: str):
-    if where.endswith(".py") or "/" in where or Path(where).is_file():
-        path = Path(where).expanduser().resolve()
-        if not path.is_file():
-            raise CLIError(f"{flag}: file '{where}' not found")
-        if path not in _LOADED:
-            spec = importlib.util.spec_from_file_location(f"_stackvi_user_{path.stem}", path)
-            module = importlib.util.module_from_spec(spec)
-            sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
-            try:
-                spec.loader.exec_module(module)
-            except Exception as e:
-                raise CLIError(f"{flag}: importing '{where}' failed: {_one_line(e)}") from e
-            _LOADED[path] = module
-        return _LOADED[path]
-    try:
-        return importlib.import_module(where)
-    except ImportError as e:
-        raise CLIError(f"{flag}: cannot import module '{where}': {_one_line(e)}") from e
-
-
-def load_callable(spec: str, flag: str) -> Callable:
-    """``FILE.py:FN`` or ``pkg.module:FN`` -> the function."""
-    where, sep, name = spec.rpartition(":")
-    if not sep or not where or not name:
-        raise CLIError(f"{flag} expects FILE.py:FUNCTION, got '{spec}'")
-    module = _load_module(where, flag)
-    fn = getattr(module, name, None)
-    if fn is None:
-        have = sorted(n for n, v in vars(module).items()
-                      if callable(v) and not n.startswith("_") and inspect.isfunction(v))
-        raise CLIError(f"{flag}: '{where}' has no function '{name}' (functions there: {have})")
-    if not callable(fn):
-        raise CLIError(f"{flag}: '{where}:{name}' is not callable")
-    return fn
-
-
-def _autoguides() -> dict[str, type]:
-    from numpyro.infer import autoguide
-
-    return {n: getattr(autoguide, n) for n in autoguide.__all__
-            if n.startswith("Auto") and n not in ("AutoGuide", "AutoGuideList", "AutoContinuous")}
-
-
-def make_guide(spec: str, model: Callable) -> Callable:
-    if ":" in spec:
-        return load_callable(spec, "--guide")
-    known = _autoguides()
-    if spec not in known:
-        raise CLIError(f"--guide: unknown autoguide '{spec}'; give FILE.py:FN or one of "
-                       f"{sorted(known)}")
-    return known[spec](model)
-
-
-def objective_constructors() -> dict[str, Callable]:
-    """Objective constructors in :mod:`stackvi.estimators`: functions of ``(model, guide, ...)``."""
-    from stackvi import estimators
-
-    out = {}
-    for name in getattr(estimators, "__all__", dir(estimators)):
-        fn = getattr(estimators, name, None)
-        if not inspect.isfunction(fn):
-            continue
-        sig = inspect.signature(fn)
-        returns = sig.return_annotation
-        if list(sig.parameters)[:2] == ["model", "guide"] and (
-                returns is inspect.Signature.empty or "Objective" in str(returns)):
-            out[name] = fn
-    return out
-
-
-def make_objective(name: str, model: Callable, guide: Callable, particles: int):
-    known = objective_constructors()
-    if name not in known:
-        raise CLIError(f"--objective: unknown objective '{name}'; known: {sorted(known)}")
-    if particles < 1:
-        raise CLIError(f"--particles must be >= 1, got {particles}")
-    ctor = known[name]
-    params = inspect.signature(ctor).parameters
-    required = [p for p in list(params)[2:] if params[p].default is inspect.Parameter.empty
-                and params[p].kind in (params[p].POSITIONAL_OR_KEYWORD, params[p].KEYWORD_ONLY)]
-    if required:
-        raise CLIError(f"--objective {name} needs {required}, which the command line cannot "
-                       f"give: use stackvi.estimators.{name} from Python")
-    if "num_particles" in params:
-        return ctor(model, guide, num_particles=particles)
-    if particles != 1:
-        raise CLIError(f"--objective {name} takes no number of particles; drop --particles")
-    return ctor(model, guide)
-
-
-def make_optimizer(name: str, lr: float):
-    import optax
-
-    if name not in OPTIMIZERS:
-        raise CLIError(f"--optimizer: unknown optimizer '{name}'; known: {list(OPTIMIZERS)}")
-    if not lr > 0:
-        raise CLIError(f"--lr must be > 0, got {lr}")
-    return getattr(optax, name)(lr)
-
-
-def apply_strategies(guide: Callable, strategy: dict[str, str], baseline: dict[str, str]):
-    """Wrap ``guide`` in one ``configure`` handler claiming the named sites."""
-    from stackvi import baselines
-    from stackvi.handlers import configure
-    from stackvi.handlers.strategies import STRATEGIES
-
-    for site, name in strategy.items():
-        if name not in STRATEGIES:
-            raise CLIError(f"--strategy {site}={name}: unknown strategy '{name}'; known: "
-                           f"{sorted(STRATEGIES)}")
-    for site, name in baseline.items():
-        if site not in strategy:
-            raise CLIError(f"--baseline {site}={name}: give the site a score-function strategy "
-                           f"too, e.g. --strategy {site}=reinforce")
-        if "baseline" not in inspect.signature(STRATEGIES[strategy[site]].__init__).parameters:
-            raise CLIError(f"--baseline {site}={name}: strategy '{strategy[site]}' takes no "
-                           "baseline (baselines are for score-function strategies: reinforce)")
-        try:
-            baselines.resolve(name)
-        except ValueError as e:
-            raise CLIError(f"--baseline {site}={name}: {e}") from e
-    if not strategy:
-        return guide
-    choice = {site: (name, {"baseline": baseline[site]} if site in baseline else {})
-              for site, name in strategy.items()}
-    return configure(guide, lambda msg: choice.get(msg["name"]))
-
-
-def check_sites(guide: Callable, sites: Sequence[str], args, kwargs) -> None:
-    """Every site named by ``--strategy`` must be a latent site of the guide."""
-    if not sites:
-        return
-    import jax
-    from numpyro.handlers import seed, trace
-
-    tr = trace(seed(guide, jax.random.PRNGKey(0))).get_trace(*args, **kwargs)
-    latent = [n for n, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
-    for site in sites:
-        if site not in latent:
-            raise CLIError(f"--strategy: '{site}' is not a latent site of the guide "
-                           f"(its latent sites: {latent})")
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def _out_dir(out: str | None) -> Path:
-    if out is not None:
-        path = Path(out)
-    else:
+def _out_dir(out: str | None, overwrite: bool) -> Path:
+    if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path, i = Path("runs") / stamp, 1
         while path.exists():
             i += 1
             path = Path("runs") / f"{stamp}-{i}"
+    else:
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise CLIError(f"--out: '{path}' is a file, not a folder")
+        earlier = [f for f in RESULTS if (path / f).exists()]
+        if earlier and not overwrite:
+            raise CLIError(f"--out: '{path}' holds an earlier run's results ({', '.join(earlier)})"
+                           f"; pass --overwrite to replace them, --resume {path} to continue "
+                           "that run, or choose another folder")
+        for f in earlier:
+            (path / f).unlink()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CLIError(f"--out: cannot create '{path}': {_one_line(e)}") from e
+        raise CLIError(f"--out: cannot create '{path}': {one_line(e)}") from e
     return path
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from stackvi.checkpoint import atomic_write
+
+    text = (json.dumps(data, indent=2, default=str) + "\n").encode()
+    atomic_write(path, lambda f: f.write(text))
+
+
+def _resume_options(a: argparse.Namespace, argv: Sequence[str]) -> Path:
+    """Fill ``a`` from the ``config.json`` of the run in ``--resume DIR``; that folder."""
+    run = Path(a.resume)
+    given = {t.split("=", 1)[0][2:].replace("-", "_") for t in argv if t.startswith("--")}
+    fixed = sorted(given & {*RUN_OPTIONS, "out", "overwrite"})
+    if fixed:
+        raise CLIError(f"--resume continues the run in '{run}' with its own options; drop "
+                       + ", ".join(f"--{f.replace('_', '-')}" for f in fixed)
+                       + " (only --steps, --lr, --checkpoint-every may change)")
+    try:
+        config = json.loads((run / CONFIG).read_text())
+    except (OSError, ValueError) as e:
+        raise CLIError(f"--resume: '{run}' has no readable {CONFIG} (is it the output folder "
+                       f"of stackvi fit?): {one_line(e)}") from e
+    if not (run / CHECKPOINT).is_file():
+        raise CLIError(f"--resume: '{run}' has no {CHECKPOINT} (the run stopped before its "
+                       f"first checkpoint); start it again with --out {run} --overwrite")
+    for k in (*RUN_OPTIONS, *RESUME_MAY_CHANGE):
+        if k in config and not (k in given and k in RESUME_MAY_CHANGE):
+            setattr(a, k, config[k])
+    return run
 
 
 # --------------------------------------------------------------------------- the job
 
-def fit_job(a: argparse.Namespace) -> int:
-    import jax
-
-    import stackvi as sv
-    from stackvi.fit import save
-
+def fit_job(a: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    run = _resume_options(a, argv) if a.resume else None
     bundled = a.model is None
     model = load_callable(a.model or DEFAULT_MODEL, "--model")
     if a.guide is None:
-        guide_spec = DEFAULT_GUIDE if bundled else "AutoNormal"
-    else:
-        guide_spec = a.guide
-    guide = make_guide(guide_spec, model)
-    data_spec = a.data or (DEFAULT_DATA if bundled else None)
-    args, kwargs = load_data(data_spec)
-    strategy, baseline = _pairs(a.strategy, "--strategy"), _pairs(a.baseline, "--baseline")
+        a.guide = DEFAULT_GUIDE if bundled else "AutoNormal"
+    guide = make_guide(a.guide, model)
+    a.data = a.data or (DEFAULT_DATA if bundled else None)
+    args, kwargs = load_data(a.data)
+    strategy, baseline = pairs(a.strategy, "--strategy"), pairs(a.baseline, "--baseline")
     guide = apply_strategies(guide, strategy, baseline)
     objective = make_objective(a.objective, model, guide, a.particles)
     optimizer = make_optimizer(a.optimizer, a.lr)
-    steps = a.steps if a.steps is not None else DEFAULT_STEPS["bundled" if bundled else "user"]
-    if steps < 1:
-        raise CLIError(f"--steps must be >= 1, got {steps}")
+    a.steps = a.steps if a.steps is not None else DEFAULT_STEPS["bundled" if bundled else "user"]
+    if a.steps < 1:
+        raise CLIError(f"--steps must be >= 1, got {a.steps}")
+    try:
+        from stackvi.fit import parse_every
+
+        parse_every(a.checkpoint_every)
+    except ValueError as e:
+        raise CLIError(f"--checkpoint-every: {e}".replace("checkpoint_every: ", "")) from e
     try:
         check_sites(guide, list(strategy), args, kwargs)
     except CLIError:
         raise
     except Exception as e:  # the user's model/guide failed on the data: say so in one line
-        raise CLIError(f"running the guide on the data failed: {_one_line(e)}") from e
-    out = _out_dir(a.out)
-
-    print(f"stackvi fit: model {a.model or DEFAULT_MODEL}, guide {guide_spec}, "
-          f"data {data_spec or '(no arguments)'}, objective {a.objective} "
-          f"(particles={a.particles}), {steps} steps of {a.optimizer}(lr={a.lr})"
-          + (f", strategies {strategy}" if strategy else "")
-          + (f", baselines {baseline}" if baseline else ""), flush=True)
-    start = time.perf_counter()
+        raise CLIError(f"running the guide on the data failed: {one_line(e)}{user_frame(e)}"
+                       ) from e
+    out = run if run is not None else _out_dir(a.out, a.overwrite)
+    config = {k: getattr(a, k) for k in (*RUN_OPTIONS, *RESUME_MAY_CHANGE)}
+    model_name = a.model or DEFAULT_MODEL
+    summary = {"status": "running", **config, "model": model_name, "strategy": strategy,
+               "baseline": baseline}
     try:
-        result = sv.fit(objective, jax.random.PRNGKey(a.seed), *args, optimizer=optimizer,
-                        num_steps=steps, progress=not a.no_progress, **kwargs)
-    except (ValueError, KeyError, TypeError, sv.estimators.NonFiniteError) as e:
+        _write_json(out / CONFIG, config)
+        print(f"stackvi fit: {'resuming ' + str(out) + ': ' if run else ''}model {model_name}, "
+              f"guide {a.guide}, data {a.data or '(no arguments)'}, objective {a.objective} "
+              f"(particles={a.particles}), {a.steps} steps of {a.optimizer}(lr={a.lr})"
+              + (f", strategies {strategy}" if strategy else "")
+              + (f", baselines {baseline}" if baseline else "") + f"; outputs in {out}",
+              flush=True)
+        return _run(a, out, objective, optimizer, args, kwargs, summary, bundled)
+    except KeyboardInterrupt as e:
+        ckpt = getattr(e, "checkpoint", None)
+        done = len(e.result.history) if getattr(e, "result", None) is not None else None
+        summary.update(status="interrupted", steps_done=done, checkpoint=ckpt,
+                       resume=f"stackvi fit --resume {out}" if ckpt else None)
+        _write_json(out / SUMMARY, summary)
+        print(f"stackvi fit: interrupted after {done} steps; "
+              + (f"checkpoint saved in {ckpt}; resume with: stackvi fit --resume {out}" if ckpt
+                 else "nothing saved"), file=sys.stderr)
+        return 130
+    except Exception as e:
+        msg = f"fitting failed: {one_line(e)}{user_frame(e)}"
+        ckpt = out / CHECKPOINT
+        summary.update(status="failed", error=msg, checkpoint=str(ckpt) if ckpt.exists() else None,
+                       resume=f"stackvi fit --resume {out}" if ckpt.exists() else None)
+        _write_json(out / SUMMARY, summary)
         if a.traceback:
             raise
-        raise CLIError(f"fitting failed: {_one_line(e)}") from e
+        raise CLIError(msg + f" (details in {out / SUMMARY})") from e
+
+
+def _run(a, out: Path, objective, optimizer, args, kwargs, summary: dict, bundled: bool) -> int:
+    import jax
+
+    import stackvi as sv
+    from stackvi.checkpoint import read_meta
+
+    ckpt = out / CHECKPOINT
+    start_step = read_meta(ckpt)["step"] if a.resume else 0
+    start = time.perf_counter()
+    result = sv.fit(objective, jax.random.PRNGKey(a.seed), *args, optimizer=optimizer,
+                    num_steps=a.steps, progress=not a.no_progress, checkpoint=ckpt,
+                    checkpoint_every=a.checkpoint_every,
+                    resume=ckpt if a.resume else None, **kwargs)
     wall = time.perf_counter() - start
 
-    save(out / "params.pkl", result)
-    files = [out / "params.pkl", out / "loss.png", out / "summary.json"]
+    files = [ckpt, out / "loss.png", out / SUMMARY]
     plot_history(result.history, a.objective, out / "loss.png")
-    summary = summarize(result.history, wall)
-    summary.update(model=a.model or DEFAULT_MODEL, guide=guide_spec, data=data_spec,
-                   objective=a.objective, particles=a.particles, strategy=strategy,
-                   baseline=baseline, optimizer=a.optimizer, lr=a.lr, seed=a.seed)
-    if bundled and data_spec == DEFAULT_DATA:
+    summary.update(summarize(result.history, wall, steps_run=len(result.history) - start_step))
+    summary.update(status="done", resumed_from_step=start_step if a.resume else None)
+    if bundled and a.data == DEFAULT_DATA:
         from stackvi.models import vae
 
         summary.update(vae.digits_report(objective, result, kwargs, out / "digits.png", a.seed))
         files.append(out / "digits.png")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    _write_json(out / SUMMARY, summary)
     print(format_summary(summary, a.objective, files))
     return 0
-
-
-def load_data(spec: str | None) -> tuple[tuple, dict]:
-    if spec is None:
-        return (), {}
-    fn = load_callable(spec, "--data")
-    try:
-        out = fn()
-    except Exception as e:
-        raise CLIError(f"--data: {spec}() failed: {_one_line(e)}") from e
-    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], (tuple, list))
-            and isinstance(out[1], dict)):
-        raise CLIError(f"--data: {spec}() must return (args, kwargs), a tuple and a dict; got "
-                       f"{type(out).__name__}")
-    return tuple(out[0]), dict(out[1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -375,12 +293,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         a = build_parser().parse_args(argv)
         if a.command != "fit":
             raise CLIError("give a command: stackvi fit [options] (see 'stackvi --help')")
-        return fit_job(a)
-    except CLIError as e:
-        if show_traceback:
-            raise
-        print(f"stackvi fit: error: {e}", file=sys.stderr)
-        return 2
+        return fit_job(a, argv)
     except KeyboardInterrupt:
         print("stackvi fit: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if show_traceback:
+            raise
+        text = str(e) if isinstance(e, CLIError) else f"{one_line(e)}{user_frame(e)}"
+        print(f"stackvi fit: error: {text}", file=sys.stderr)
+        return 2

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import numbers
 import os
-import re
 import time
 import warnings
 from collections import OrderedDict
@@ -56,12 +55,20 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from stackvi.checkpoint import CheckpointError, FitResult, load, restore, save
+from stackvi.checkpoint import (
+    DEFAULT_CHECKPOINT_EVERY,
+    CheckpointError,
+    FitResult,
+    load,
+    parse_every,
+    restore,
+    save,
+)
 from stackvi.estimators import NonFiniteError, Objective
 
-__all__ = ["fit", "FitResult", "FitInterrupted", "CheckpointError", "save", "load"]
+__all__ = ["fit", "FitResult", "FitInterrupted", "CheckpointError", "save", "load",
+           "parse_every"]
 
-DEFAULT_CHECKPOINT_EVERY = "30s"
 _DEFAULT_OPTIMIZER = optax.adam(1e-3)
 _CACHE: OrderedDict = OrderedDict()  # compiled loops, most recent last
 _CACHE_SIZE = 16
@@ -88,41 +95,6 @@ def _count(name, value, minimum=1, optional=False):
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
-
-
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_every(every) -> tuple[int | None, float | None]:
-    """``checkpoint_every`` as ``(steps, seconds)``: ``500``, ``"30s"``, ``"5m"``, ``"500,30s"``.
-
-    >>> parse_every("1000,2m"), parse_every(50)
-    ((1000, 120.0), (50, None))
-    """
-    items = every.split(",") if isinstance(every, str) else (
-        list(every) if isinstance(every, (list, tuple)) else [every])
-    steps = seconds = None
-    bad = ValueError(f"checkpoint_every: give steps (500), a time ('30s', '5m', '1h') or both "
-                     f"('500,30s'); got {every!r}")
-    for item in items:
-        if isinstance(item, str):
-            item = item.strip()
-            m = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([smh])", item)
-            if m:
-                if seconds is not None or float(m.group(1)) <= 0:
-                    raise bad
-                seconds = float(m.group(1)) * _UNITS[m.group(2)]
-                continue
-            if not item.isdigit():
-                raise bad
-            item = int(item)
-        if isinstance(item, bool) or not isinstance(item, numbers.Integral) or item < 1 \
-                or steps is not None:
-            raise bad
-        steps = int(item)
-    if steps is None and seconds is None:
-        raise bad
-    return steps, seconds
 
 
 def _check_key(key):

@@ -21,15 +21,20 @@ def _window(n: int) -> int:
     return max(1, min(200, n // 10))
 
 
-def summarize(history, wall: float) -> dict:
-    """Mean and spread of the objective over the last steps, the first steps, and speed."""
+def summarize(history, wall: float, steps_run: int | None = None) -> dict:
+    """Mean and spread of the objective over the last steps, the first steps, and speed.
+
+    ``steps_run``: how many of the steps took ``wall`` seconds (fewer than
+    ``len(history)`` for a resumed run; default all).
+    """
     import numpy as np
 
     h = np.asarray(history, dtype=np.float64)
     tail = h[-_window(len(h)):]
+    run = len(h) if steps_run is None else steps_run
     return {"steps": len(h), "final": float(tail.mean()), "final_sd": float(tail.std()),
             "window": len(tail), "first": float(h[:_window(len(h))].mean()),
-            "wall_s": wall, "steps_per_s": len(h) / wall}
+            "wall_s": wall, "steps_run": run, "steps_per_s": run / wall if wall > 0 else None}
 
 
 def plot_history(history, name: str, path: Path) -> None:
@@ -67,7 +72,9 @@ def format_summary(s: dict, name: str, files: Sequence[Path]) -> str:
         lines.append(f"{name} per image: train {s['final'] / s['train_images']:.4g} nats, "
                      f"held-out {s['held_out_per_image']:.4g} nats "
                      f"({s['train_images']} training digits)")
-    lines.append(f"time: {s['wall_s']:.1f} s for {s['steps']} steps "
-                 f"({s['steps_per_s']:.0f} steps/s, compilation included)")
+    run = s.get("steps_run", s["steps"])
+    lines.append(f"time: {s['wall_s']:.1f} s for {run} steps "
+                 + (f"(resumed at step {s['steps'] - run}) " if run != s["steps"] else "")
+                 + f"({s['steps_per_s'] or 0:.0f} steps/s, compilation included)")
     lines.append("wrote: " + ", ".join(str(f) for f in files))
     return "\n".join(lines)

@@ -50,7 +50,7 @@ def test_user_model_writes_params_png_summary(user_file, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(user_args(user_file, "--steps", "20", "--optimizer", "sgd",
                           "--out", str(out))) == 0
-    result = load(out / "params.pkl")
+    result = load(out / "checkpoint.npz")
     assert len(result.history) == 20 and np.all(np.isfinite(result.history))
     assert sorted(result.params) == ["m", "s"]
     assert (out / "loss.png").read_bytes()[:8] == PNG
@@ -58,7 +58,9 @@ def test_user_model_writes_params_png_summary(user_file, tmp_path, capsys):
     assert summary["steps"] == 20 and summary["objective"] == "elbo"
     assert summary["optimizer"] == "sgd"
     printed = capsys.readouterr().out
-    assert "elbo:" in printed and "steps/s" in printed and str(out / "params.pkl") in printed
+    assert "elbo:" in printed and "steps/s" in printed and str(out / "checkpoint.npz") in printed
+    assert summary["status"] == "done"
+    assert json.loads((out / "config.json").read_text())["optimizer"] == "sgd"
 
 
 def test_fit_reaches_the_exact_posterior(user_file, tmp_path):
@@ -66,7 +68,7 @@ def test_fit_reaches_the_exact_posterior(user_file, tmp_path):
     out = tmp_path / "run"
     assert main(user_args(user_file, "--steps", "600", "--lr", "0.05", "--particles", "4",
                           "--out", str(out))) == 0
-    params = load(out / "params.pkl").params
+    params = load(out / "checkpoint.npz").params
     assert abs(float(params["m"]) - 1.6) < 0.1
     assert abs(float(params["s"]) - 0.2 ** 0.5) < 0.1
 
@@ -114,6 +116,12 @@ BAD = [
     (["--model", "{f}:model", "--guide", "{f}:guide", "--steps", "5"],
      "missing 1 required positional argument"),
     (["--no-such-flag"], "unrecognized arguments"),
+    (["--model", "{f}:model", "--guide", "{f}:guide", "--data", "{f}:data",
+      "--objective", "vimco"], "vimco needs num_particles >= 2"),
+    (["--model", "{f}:model", "--guide", "{f}:guide", "--data", "{f}:data",
+      "--checkpoint-every", "0"], "--checkpoint-every: give steps"),
+    (["--model", "{f}:model", "--guide", "{f}:guide", "--data", "{f}:data",
+      "--steps", "0"], "--steps must be >= 1"),
 ]
 
 
@@ -124,6 +132,11 @@ def test_bad_input_is_one_clear_line(user_file, tmp_path, capsys, argv, message)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("stackvi fit: error:")
     assert message in err[0]
+    if (tmp_path / "run").exists():  # the run started (the model failed in the fit)
+        summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+        assert summary["status"] == "failed" and message in summary["error"]
+    else:
+        assert "missing 1 required" not in message  # bad options: no run folder at all
 
 
 def test_python_m_stackvi_exit_status(tmp_path):
@@ -131,3 +144,112 @@ def test_python_m_stackvi_exit_status(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "stackvi fit: error: --model: file 'missing.py' not found"
+
+
+BROKEN = MODEL + textwrap.dedent("""
+    def broken_model(x):
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+        return z / 0 if x.shape[0] > 100 else {}["no such key"]
+
+    def lognormal_model(x):
+        numpyro.sample("z", dist.LogNormal(0.0, 1.0))
+""")
+
+
+@pytest.fixture
+def broken_file(tmp_path):
+    path = tmp_path / "broken.py"
+    path.write_text(BROKEN)
+    return path
+
+
+def test_a_failing_model_names_its_file_and_line_and_leaves_a_summary(broken_file, tmp_path,
+                                                                       capsys):
+    out = tmp_path / "run"
+    argv = user_args(broken_file, "--steps", "5", "--out", str(out))
+    argv[2] = f"{broken_file}:broken_model"
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    line = BROKEN.splitlines().index('    return z / 0 if x.shape[0] > 100 else {}["no such key"]')
+    assert len(err) == 1, err
+    assert f"KeyError: 'no such key' (at {broken_file}:{line + 1}, in broken_model)" in err[0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and "no such key" in summary["error"]
+    with pytest.raises(KeyError):  # --traceback: the real exception
+        main([*argv[:-1], str(tmp_path / "run2"), "--traceback"])
+
+
+def test_non_finite_run_keeps_its_checkpoint_and_says_where(broken_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = user_args(broken_file, "--steps", "200", "--particles", "8", "--out", str(out))
+    argv[2] = f"{broken_file}:lognormal_model"
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NonFiniteError: step" in err[0] and "p:z" in err[0]
+    assert f"saved in '{out / 'checkpoint.npz'}'" in err[0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["checkpoint"] == str(out / "checkpoint.npz")
+    assert np.all(np.isfinite(load(out / "checkpoint.npz").history))
+
+
+def test_out_with_earlier_results_needs_overwrite(user_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "loss.png").write_bytes(b"stale")
+    (out / "notes.txt").write_text("mine")
+    assert main(user_args(user_file, "--steps", "5", "--out", str(out))) == 2
+    err = capsys.readouterr().err
+    assert "holds an earlier run's results (loss.png)" in err and "--overwrite" in err
+    assert (out / "loss.png").read_bytes() == b"stale"
+    assert main(user_args(user_file, "--steps", "5", "--out", str(out), "--overwrite")) == 0
+    assert (out / "loss.png").read_bytes()[:8] == PNG and (out / "notes.txt").exists()
+
+
+class _CtrlC:
+    """A progress bar that presses Ctrl-C on its third update."""
+
+    def __init__(self, *a, **kw):
+        self.n = 0
+
+    def update(self, n):
+        self.n += 1
+        if self.n == 3:
+            raise KeyboardInterrupt
+
+    def set_postfix(self, *a, **kw):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_ctrl_c_then_resume_equals_an_uninterrupted_run(user_file, tmp_path, capsys,
+                                                        monkeypatch):
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    opts = ("--steps", "300", "--lr", "0.05", "--checkpoint-every", "40")
+    monkeypatch.setattr(sys.modules["stackvi.fit"], "tqdm", _CtrlC)
+    assert main(user_args(user_file, *opts, "--out", str(out))) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"stackvi fit: interrupted after 9 steps; checkpoint saved in "
+                   f"{out / 'checkpoint.npz'}; resume with: stackvi fit --resume {out}"]
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+    monkeypatch.undo()
+    assert main(["fit", "--resume", str(out), "--model", "x.py:m"]) == 2
+    assert "drop --model" in capsys.readouterr().err
+    assert main(["fit", "--resume", str(out), "--no-progress"]) == 0
+    assert main(user_args(user_file, *opts, "--out", str(straight))) == 0
+    a, b = load(out / "checkpoint.npz"), load(straight / "checkpoint.npz")
+    np.testing.assert_array_equal(a.history, b.history)
+    np.testing.assert_array_equal(a.raw_params["m"], b.raw_params["m"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["resumed_from_step"] == 9
+    assert main(["fit", "--resume", str(tmp_path)]) == 2
+    assert "has no readable config.json" in capsys.readouterr().err
+
+
+def test_progress_bar_shows_speed_eta_and_objective(user_file, tmp_path, capsys):
+    with_bar = user_args(user_file)[:7]  # without --no-progress
+    assert main([*with_bar, "--steps", "50", "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert "step/s" in err or "s/step" in err
+    assert "elbo=" in err and "<" in err  # elapsed<remaining
