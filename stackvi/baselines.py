@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from stackvi.axes import PARTICLES, resolve_name
 from stackvi.terms import Term, align
 
 __all__ = ["Baseline", "MovingAverage", "LeaveOneOut", "FromFunction", "Learned", "resolve"]
@@ -111,17 +112,18 @@ class LeaveOneOut(Baseline):
 
     needs_terms = True
 
-    def __init__(self, axis: str = "particles"):
+    def __init__(self, axis: str = PARTICLES):
         self.axis = axis
 
     def __call__(self, signal, names, state):
-        if self.axis not in names:
+        axis = resolve_name(self.axis, names)
+        if axis not in names:
             raise ValueError(
                 f"LeaveOneOut baseline needs the particle axis '{self.axis}' in the "
                 f"site's axes {names}: use it with an objective over several particles "
                 "(e.g. estimators.elbo(..., num_particles=K), K >= 2)."
             )
-        i = names.index(self.axis)
+        i = names.index(axis)
         k = signal.shape[i]
         if k < 2:
             return jnp.zeros_like(signal), state
@@ -165,7 +167,7 @@ class FromFunction(Baseline):
             if t.label == "baseline":
                 return jnp.broadcast_to(align(t.array, t.names, node.log_prob.names), signal.shape)
         raise ValueError(
-            f"site '{node.label}': baseline {self!r} has no value. Attach it with a handler "
+            f"site '{node.name}': baseline {self!r} has no value. Attach it with a handler "
             "(reinforce(guide, baseline=...), strategies or configure) rather than an infer dict."
         )
 

@@ -58,10 +58,11 @@ import numpyro.distributions as dist
 from jax import random
 from numpyro.handlers import block, seed, substitute, trace
 
-from stackvi.estimators.core import particles, score_model
+from stackvi.estimators.core import particles
+from stackvi.gradients.scoring import model_density
+from stackvi.gradients.strategy import simulate
 from stackvi.handlers.density import trace_terms
 from stackvi.handlers.stop import stop_samples
-from stackvi.handlers.strategies import simulate
 
 __all__ = ["Marginal", "marginal", "Normalized", "normalize"]
 
@@ -279,9 +280,10 @@ def normalize(model: Callable, guide: Callable, num_particles: int) -> Callable[
     def one(*args, **kwargs):
         with stop_samples():
             guide_trace = trace(guide).get_trace(*args, **kwargs)
-        model_trace = score_model(model, guide_trace, *args, **kwargs)
+        # model_density: discrete model latents the guide does not sample are summed out
+        log_p = model_density(model, guide_trace, *args, **kwargs).total()
         values = {n: guide_trace[n]["value"] for n in _latent_names(guide_trace)}
-        return (values, trace_terms(model_trace).total(), trace_terms(guide_trace).total())
+        return (values, log_p, trace_terms(guide_trace).total())
 
     def run(*args, **kwargs) -> Normalized:
         return Normalized(*particles(one, num_particles)(*args, **kwargs))

@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 import jax
 import jax.numpy as jnp
 
+from stackvi._compat import log_density
+from stackvi.axes import is_internal, resolve_name
+
 __all__ = ["Term", "Terms", "align", "dim_names", "site_log_prob"]
 
 Names = tuple[str, ...]
@@ -62,16 +65,19 @@ class Term:
     label: str
     array: jax.Array
     names: Names = ()
+    # (trace token, site name) when the term is a site's log-density in a recorded
+    # trace: how the estimator knows which terms cannot depend on a sample.
+    source: tuple | None = None
 
     def tree_flatten(self):
-        return (self.array,), (self.label, self.names)
+        return (self.array,), (self.label, self.names, self.source)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        return cls(aux[0], children[0], aux[1])
+        return cls(aux[0], children[0], aux[1], aux[2])
 
     def scaled(self, c) -> Term:
-        return Term(self.label, self.array * c, self.names)
+        return Term(self.label, self.array * c, self.names, self.source)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -110,8 +116,16 @@ class Terms:
 
     __rmul__ = __mul__
 
+    def axis_names(self) -> list:
+        """Every axis name used by some term."""
+        out: list = []
+        for t in self.terms:
+            out += [n for n in t.names if n not in out]
+        return out
+
     def mean(self, axis: str) -> Terms:
         """Average over the named axis (kept as an independence axis)."""
+        axis = resolve_name(axis, self.axis_names())
         out = []
         for t in self.terms:
             if axis not in t.names:
@@ -121,11 +135,14 @@ class Terms:
 
     def per(self, names: Names) -> jax.Array:
         """Sum of all terms laid out along ``names`` (e.g. per-particle log-weights)."""
+        available = self.axis_names()
+        names = tuple(resolve_name(n, available) for n in names)
         return sum((align(t.array, t.names, names) for t in self.terms), start=jnp.zeros(()))
 
     def with_axis(self, name: str) -> Terms:
         """The same terms after a leading axis ``name`` was stacked on (by ``vmap``)."""
-        return Terms(tuple(Term(t.label, t.array, (name, *t.names)) for t in self.terms))
+        return Terms(tuple(Term(t.label, t.array, (name, *t.names), t.source)
+                           for t in self.terms))
 
     def __getitem__(self, label: str) -> Term:
         for t in self.terms:
@@ -144,36 +161,37 @@ def dim_names(site: dict) -> dict[int, str]:
     return names
 
 
-def site_log_prob(site: dict, apply_scale: bool = True, label: str | None = None) -> Term:
+def site_log_prob(site: dict, apply_scale: bool = True, label: str | None = None,
+                  source: tuple | None = None) -> Term:
     """The log-density of one traced sample site as a :class:`Term`.
 
     Plate axes are named by their plate, every other batch axis is summed out
     (those elements are not independent), NumPyro's ``mask`` zeroes elements
     and ``scale`` (subsampling, ``handlers.scale``) multiplies them.
     """
-    fn, value = site["fn"], site["value"]
-    intermediates = site.get("intermediates")
-    log_prob = fn.log_prob(value, intermediates) if intermediates else fn.log_prob(value)
+    log_prob = log_density(site["fn"], site["value"], site.get("intermediates"))
     mask = site.get("mask")
     if mask is not None and mask is not True:
         log_prob = jnp.where(mask, log_prob, 0.0)
     if apply_scale and site.get("scale") is not None:
         log_prob = log_prob * site["scale"]
     log_prob = jnp.asarray(log_prob)
-    return _named(site["name"] if label is None else label, log_prob, dim_names(site))
+    return _named(site["name"] if label is None else label, log_prob, dim_names(site), source)
 
 
-def _named(label: str, log_prob: jax.Array, frames: dict[int, str]) -> Term:
+def _named(label: str, log_prob: jax.Array, frames: dict, source=None) -> Term:
     ndim = log_prob.ndim
     names, drop = [], []
     for i in range(ndim):
         name = frames.get(i - ndim)
-        if name is None:
+        # A plate axis of size 1 in a broadcast log-prob still indexes the plate: keep
+        # it so alignment by name stays exact. A size-1 enumerated/branch axis only
+        # means "does not depend on that site": drop it, so the term is not taken
+        # for a function of the site.
+        if name is None or (is_internal(name) and log_prob.shape[i] == 1):
             drop.append(i)
         else:
             names.append(name)
     if drop:
         log_prob = jnp.sum(log_prob, axis=tuple(drop))
-    # A plate axis of size 1 in a broadcast log-prob still indexes the plate:
-    # keep it so alignment by name stays exact.
-    return Term(label, log_prob, tuple(names))
+    return Term(label, log_prob, tuple(names), source)

@@ -160,13 +160,13 @@ fig.savefig(os.path.join(FIGDIR, "01_gradient_estimators.png"))
 # score-function term.
 
 # %%
-from stackvi.handlers.strategies import collect_nodes  # noqa: E402
+from stackvi.gradients import recording  # noqa: E402
 
-with handlers.substitute(data={"m": 0.5, "v": 0.8}), collect_nodes() as nodes:
+with handlers.substitute(data={"m": 0.5, "v": 0.8}), recording() as rec:
     gtr = handlers.simulate(handlers.seed(handlers.reinforce(guide), 0), x)
 print("strategy of z:", gtr["z"]["infer"]["strategy"])
-print("score-function nodes:", [(nd.label, nd.log_prob.names) for nd in nodes])
-assert gtr["z"]["infer"]["strategy"] == "reinforce" and [nd.label for nd in nodes] == ["z"]
+print("score-function records:", [(nd.name, nd.log_prob.names) for nd in rec.records])
+assert gtr["z"]["infer"]["strategy"] == "reinforce" and [nd.name for nd in rec.records] == ["z"]
 
 # %% [markdown]
 # ## 5. Fit

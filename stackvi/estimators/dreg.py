@@ -39,11 +39,12 @@ import jax
 import jax.numpy as jnp
 from numpyro.handlers import substitute, trace
 
-from stackvi.estimators.core import Objective, particles, score_model
+from stackvi.estimators.core import Objective, particles
 from stackvi.estimators.iwae import check_num_particles
+from stackvi.gradients.scoring import model_density
+from stackvi.gradients.strategy import simulate
 from stackvi.handlers.density import trace_terms
 from stackvi.handlers.stop import stop_params
-from stackvi.handlers.strategies import simulate
 
 __all__ = ["dreg"]
 
@@ -75,8 +76,7 @@ def dreg(model: Callable, guide: Callable, num_particles: int = 1) -> Objective:
     def one(*args, **kwargs):
         guide_trace = simulate(guide, *args, **kwargs)
         _check_pathwise(guide_trace)
-        model_trace = score_model(model, guide_trace, *args, **kwargs)
-        log_p = trace_terms(model_trace).total()
+        log_p = model_density(model, guide_trace, *args, **kwargs).total()
         log_q = trace_terms(guide_trace).total()
         values = {n: s["value"] for n, s in guide_trace.items()
                   if s["type"] == "sample" and not s["is_observed"]}
@@ -86,7 +86,7 @@ def dreg(model: Callable, guide: Callable, num_particles: int = 1) -> Objective:
         # log p at the sample held fixed: the model's params' IWAE gradient
         fixed_z = {n: {**s, "value": jax.lax.stop_gradient(s["value"])}
                    for n, s in guide_trace.items()}
-        log_p_fixed = trace_terms(score_model(model, fixed_z, *args, **kwargs)).total()
+        log_p_fixed = model_density(model, fixed_z, *args, **kwargs).total()
         return log_p - log_q, log_p - trace_terms(fixed_q).total(), log_p_fixed
 
     def program(*args, **kwargs):

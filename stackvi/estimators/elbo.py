@@ -32,6 +32,9 @@ __all__ = ["elbo"]
 
 def elbo(model: Callable, guide: Callable, num_particles: int = 1) -> Objective:
     """The ELBO averaged over ``num_particles`` vectorized guide samples."""
+    from stackvi.estimators.iwae import check_num_particles
+
+    check_num_particles("elbo", num_particles)
 
     def program(*args, **kwargs):
         weights = particles(log_weight(model, guide), num_particles)(*args, **kwargs)

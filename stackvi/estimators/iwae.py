@@ -21,6 +21,7 @@ through it. K = 1 is the ELBO; the bound is nondecreasing in K and tends to
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import jax
@@ -32,8 +33,8 @@ __all__ = ["iwae", "check_num_particles"]
 
 
 def check_num_particles(name: str, num: int, what: str = "num_particles") -> None:
-    """A clear error for K < 1 (or not an int)."""
-    if not isinstance(num, int) or isinstance(num, bool) or num < 1:
+    """A clear error for K < 1 or not an integer (NumPy integers are fine, ``True`` is not)."""
+    if isinstance(num, bool) or not isinstance(num, numbers.Integral) or num < 1:
         raise ValueError(
             f"{name}: {what} must be a positive int (the number of importance samples K), "
             f"got {num!r}."

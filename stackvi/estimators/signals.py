@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from stackvi.axes import PARTICLES, resolve_name
 from stackvi.terms import Names, align
 
 __all__ = ["LearningSignal"]
@@ -46,7 +47,7 @@ class LearningSignal:
 
     value: jax.Array
     signal: jax.Array
-    names: Names = ("particles",)
+    names: Names = (PARTICLES,)
 
     def tree_flatten(self):
         return (self.value, self.signal), self.names
@@ -61,6 +62,7 @@ class LearningSignal:
 
     def for_node(self, names: Names, shape: tuple[int, ...]) -> jax.Array:
         """The learning signal of a node with axes ``names`` and log-prob shape ``shape``."""
-        if all(n in names for n in self.names):
-            return jnp.broadcast_to(align(self.signal, self.names, names), shape)
+        own = tuple(resolve_name(n, names) for n in self.names)
+        if all(n in names for n in own):
+            return jnp.broadcast_to(align(self.signal, own, names), shape)
         return jnp.broadcast_to(self.total(), shape)

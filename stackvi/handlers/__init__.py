@@ -1,8 +1,9 @@
 """Effect handlers: NumPyro ``Messenger`` subclasses, usable as context managers and wrappers.
 
 Tracing and scoring: :class:`trace` (NumPyro's), :class:`density`.
-Gradient strategies: :class:`reparam`, :class:`reinforce`, :class:`strategies`,
-:class:`configure`, and :func:`simulate` (run a guide under its strategies).
+Gradient strategies: :class:`reparam`, :class:`reinforce`, :class:`enumerate`,
+:class:`mvd`, :class:`disarm`; :class:`strategies` and :class:`configure` to
+choose them per site; :func:`simulate` (run a guide under its strategies).
 Marginalization: :class:`smc_marginalize` (a particle filter in place of a
 ``scan``; :func:`smc_filter` runs one and returns its :class:`SMCResult`).
 NumPyro's handlers are re-exported unchanged: ``seed``, ``substitute``,
@@ -12,6 +13,7 @@ NumPyro's handlers are re-exported unchanged: ``seed``, ``substitute``,
 from numpyro.handlers import block, condition, mask, replay, scale, seed, substitute, trace
 
 from stackvi.handlers.density import density, trace_terms
+from stackvi.handlers.disarm import disarm
 from stackvi.handlers.enumerate import enum_scope, enumerate
 from stackvi.handlers.mvd import mvd
 from stackvi.handlers.smc import SMCResult, smc_filter, smc_marginalize
@@ -46,6 +48,7 @@ __all__ = [
     "stop_samples",
     "enumerate",
     "mvd",
+    "disarm",
     "enum_scope",
     "smc_marginalize",
     "smc_filter",

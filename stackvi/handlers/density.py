@@ -62,9 +62,11 @@ def trace_terms(trace: dict, prefix: str = "") -> Terms:
     Auxiliary guide sites (``infer={"is_auxiliary": True}``) are included:
     they are part of the guide's density.
     """
+    token = getattr(trace, "token", None)  # set on traces made by simulate/score_model
     return Terms(
         tuple(
-            site_log_prob(s, label=prefix + s["name"])
+            site_log_prob(s, label=prefix + s["name"],
+                          source=None if token is None else (token, s["name"]))
             for s in trace.values()
             if s["type"] == "sample"
         )

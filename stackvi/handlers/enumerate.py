@@ -38,10 +38,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import contextmanager
 
+import jax
 from numpyro.handlers import block, replay, seed, trace
 
 from stackvi import terms as _terms
-from stackvi.handlers.strategies import STRATEGIES, Node, Strategy, _current_collector, _dist_name
+from stackvi.axes import Axis
+from stackvi.gradients.records import SiteRecord
+from stackvi.gradients.strategy import Strategy, register
+from stackvi.gradients.strategy import dist_name as _dist_name
 from stackvi.terms import site_log_prob
 
 __all__ = ["enumerate", "enum_scope", "allocate_dim", "check_site_shapes"]
@@ -104,8 +108,8 @@ def _max_nesting(scope: _Scope) -> int:
     return depth
 
 
-def allocate_dim(msg: dict, prefix: str) -> tuple[int, str] | None:
-    """A fresh dim (left of all plates) named ``<prefix>:<site>``; ``None`` outside a scope."""
+def allocate_dim(msg: dict, prefix: str) -> tuple[int, Axis] | None:
+    """A fresh dim left of all plates, named ``Axis("<prefix>:<site>")`` (``None`` outside)."""
     scope = _current()
     if scope is None or scope.disabled:
         return None
@@ -114,7 +118,7 @@ def allocate_dim(msg: dict, prefix: str) -> tuple[int, str] | None:
         scope.next_dim = -scope.nesting - 1
     batch = msg["fn"].batch_shape
     dim = min(scope.next_dim, -len(batch) - 1)
-    name = f"{prefix}:{msg['name']}"
+    name = Axis(f"{prefix}:{msg['name']}")
     scope.next_dim = dim - 1
     scope.names[dim] = name
     return dim, name
@@ -155,6 +159,7 @@ def _owned(msg: dict, value, dim: int, name: str) -> None:
                     "_stackvi_dim": dim}
 
 
+@register
 class enumerate(Strategy):  # noqa: A001 - the strategy's name, as in the design
     """Exact sum over the finite support of the claimed sites (see the module docstring).
 
@@ -162,6 +167,7 @@ class enumerate(Strategy):  # noqa: A001 - the strategy's name, as in the design
     """
 
     name = "enumerate"
+    owns_value = True
 
     @staticmethod
     def validate(msg, claimer):
@@ -175,12 +181,20 @@ class enumerate(Strategy):  # noqa: A001 - the strategy's name, as in the design
     def prepare(msg):
         if msg["value"] is not None:
             return
+        scope = _current()
+        if scope is not None and scope.disabled:
+            # The blocked pre-run (shapes only): a concrete support value, never a traced
+            # sample, so code that indexes NumPy arrays with the site's value runs under jit.
+            with jax.ensure_compile_time_eval():
+                msg["value"] = msg["fn"].enumerate_support(expand=True)[0]
+            return
         got = allocate_dim(msg, "enum")
         if got is None:
             return
         dim, name = got
         fn = msg["fn"]
-        support = fn.enumerate_support(expand=False)  # (S,) + (1,)*batch + event
+        with jax.ensure_compile_time_eval():  # concrete values, as NumPyro's own enum gives
+            support = fn.enumerate_support(expand=False)  # (S,) + (1,)*batch + event
         shape = (support.shape[0],) + (1,) * (-dim - 1) + tuple(fn.event_shape)
         _owned(msg, support.reshape(shape), dim, name)
 
@@ -193,12 +207,12 @@ class enumerate(Strategy):  # noqa: A001 - the strategy's name, as in the design
                 "through an estimator (estimators.elbo) or inside handlers.enum_scope."
             )
         msg["intermediates"] = []
-        collector = _current_collector()
-        if collector is not None:
-            # The weights are q(z = k) itself: no mask, no scale (those act on the costs).
-            weights = site_log_prob({**msg, "scale": None, "mask": None}, label=msg["name"])
-            collector.append(Node(msg["name"], weights, kind="enumerate",
-                                  info=msg["infer"]["_stackvi_axis"]))
 
+    @classmethod
+    def record(cls, msg):
+        # The weights are q(z = k) itself: no mask, no scale (those act on the costs).
+        weights = site_log_prob({**msg, "scale": None, "mask": None}, label=msg["name"])
+        return SiteRecord(msg["name"], weights, cls.name, axis=msg["infer"]["_stackvi_axis"])
 
-STRATEGIES["enumerate"] = enumerate
+    # Its gradient flows through the weights, which the estimator contracts the value
+    # with (stackvi.gradients.contract): no term of its own.

@@ -48,10 +48,13 @@ import numpyro.distributions as dist
 from jax import random
 from numpyro.distributions.distribution import ExpandedDistribution, Independent, MaskedDistribution
 
-from stackvi import terms as _terms
-from stackvi.handlers.enumerate import _owned, allocate_dim
-from stackvi.handlers.strategies import STRATEGIES, Node, Strategy, _current_collector, _dist_name
-from stackvi.terms import Term, site_log_prob
+from stackvi.gradients.branches import check_plated, lay_out, site_term
+from stackvi.gradients.contract import branch_difference, contract, select
+from stackvi.gradients.records import SiteRecord
+from stackvi.gradients.strategy import Strategy, register
+from stackvi.gradients.strategy import dist_name as _dist_name
+from stackvi.handlers.enumerate import allocate_dim
+from stackvi.terms import site_log_prob
 
 __all__ = ["mvd", "DECOMPOSITIONS"]
 
@@ -116,22 +119,13 @@ DECOMPOSITIONS = {
 }
 
 
-def _layout(msg, array, coord: str) -> Term:
-    """An array of the site's value shape as a Term: named batch dims, then the coordinates."""
-    fn = msg["fn"]
-    batch, event = tuple(fn.batch_shape), tuple(fn.event_shape)
-    array = jnp.broadcast_to(array, batch + event).reshape(batch + (-1,))
-    frames = _terms.dim_names(msg)
-    n = len(batch)
-    names = tuple(frames[i - n] for i in range(n) if (i - n) in frames)
-    squeeze = tuple(i for i in range(n) if (i - n) not in frames)
-    return Term(coord, jnp.squeeze(array, squeeze) if squeeze else array, names + (coord,))
-
-
+@register
 class mvd(Strategy):
     """Measure-valued derivatives for the claimed sites (see the module docstring)."""
 
     name = "mvd"
+    owns_value = True
+    detach_own_term = True
 
     @staticmethod
     def validate(msg, claimer):
@@ -150,35 +144,18 @@ class mvd(Strategy):
         if got is None:
             return
         dim, axis = got
+        check_plated(msg, "mvd")
         fn = msg["fn"]
-        batch, event = tuple(fn.batch_shape), tuple(fn.event_shape)
-        frames = _terms.dim_names(msg)
-        for i, size in enumerate(batch):
-            if size != 1 and (i - len(batch)) not in frames:
-                raise ValueError(
-                    f"mvd: site '{msg['name']}' ({_dist_name(msg)}) has batch dim {i - len(batch)}"
-                    f" of size {size} that no plate declares; put it in a plate or use "
-                    ".to_event() so its elements can be branched correctly."
-                )
-        shape = batch + event
+        shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
         k1, k2 = random.split(numpyro.prng_key())
         x = sg(fn.sample(k1))
         ys, pieces = DECOMPOSITIONS[type(_base(fn))](_base(fn), shape, x, k2)
-        ys = sg(ys).astype(x.dtype)
-        size = math.prod(event)
-        # Branch (j, i): the sample with coordinate i replaced by extra sample j's.
-        xf, yf = x.reshape(batch + (size,)), ys.reshape((ys.shape[0],) + batch + (size,))
-        eye = jnp.eye(size, dtype=bool).reshape((size,) + (1,) * len(batch) + (size,))
-        branched = jnp.where(eye[None], yf[:, None], xf[None, None])
-        value = jnp.concatenate([xf[None], branched.reshape((-1,) + batch + (size,))])
-        value = value.reshape((value.shape[0],) + (1,) * (-dim - 1 - len(batch)) + shape)
-        _owned(msg, value, dim, axis)
-        coord = f"{axis}:coord"
+        coord, size = lay_out(msg, x, sg(ys), dim, axis)
         extra = []
         for theta, c, _, _ in pieces:
-            extra += [_layout(msg, theta, coord), _layout(msg, c, coord)]
-        info = (axis, coord, tuple((p, m) for _, _, p, m in pieces), size)
-        msg["infer"]["_stackvi_mvd"] = (tuple(extra), info)
+            extra += [site_term(msg, theta, coord), site_term(msg, c, coord)]
+        static = (coord, tuple((p, m) for _, _, p, m in pieces), size)
+        msg["infer"]["_stackvi_mvd"] = (tuple(extra), static)
 
     @staticmethod
     def transform(msg):
@@ -189,11 +166,26 @@ class mvd(Strategy):
                 "through an estimator (estimators.elbo) or inside handlers.enum_scope."
             )
         msg["intermediates"] = []
-        collector = _current_collector()
-        if collector is not None:
-            extra, info = msg["infer"]["_stackvi_mvd"]
-            collector.append(Node(msg["name"], site_log_prob({**msg, "scale": None}),
-                                  kind="mvd", extra=extra, info=info))
 
+    @classmethod
+    def record(cls, msg):
+        extra, static = msg["infer"]["_stackvi_mvd"]
+        return SiteRecord(msg["name"], site_log_prob({**msg, "scale": None}), cls.name,
+                          axis=msg["infer"]["_stackvi_axis"], extra=extra, static=static)
 
-STRATEGIES["mvd"] = mvd
+    @classmethod
+    def gradient(cls, record, ctx):
+        """``Σ (θ − sg θ) · sg(c · (f⁺ − f⁻))`` per parameter piece, contracted exactly."""
+        coord, pieces, size = record.static
+        acc = jnp.zeros(())
+        for p, (plus, minus) in enumerate(pieces):
+            # θ and c at the other branched sites' samples (branch 0), like the costs
+            theta = select(record.extra[2 * p].array, record.extra[2 * p].names, ctx.branches)
+            c = select(record.extra[2 * p + 1].array, record.extra[2 * p + 1].names, ctx.branches)
+            own = [n for n in theta[1] if n != coord and n not in ctx.weights]
+            for diff, names, label in branch_difference(ctx.value, record, plus, minus, size,
+                                                        coord, ctx.weights, ctx.branches, own):
+                acc = acc + contract(
+                    [(theta[0] - sg(theta[0]), theta[1]), (sg(c[0]), c[1]), (sg(diff), names)],
+                    ctx.weights, label)
+        return acc

@@ -79,6 +79,7 @@ from numpyro.ops.pytree import PytreeTrace
 from numpyro.primitives import Messenger
 
 from stackvi import baselines as _baselines
+from stackvi.gradients.records import SiteRecord, current_recorder
 from stackvi.handlers import resampling as _rs
 from stackvi.handlers.smc_step import (
     check_carry,
@@ -91,7 +92,6 @@ from stackvi.handlers.smc_step import (
     per_step,
     trace_back,
 )
-from stackvi.handlers.strategies import Node, _current_collector
 from stackvi.terms import Term
 
 __all__ = ["smc_marginalize", "smc_filter", "SMCResult"]
@@ -319,15 +319,17 @@ class smc_marginalize(Messenger):
         return params
 
     def _register_scores(self, site, score, anc_score, has_latent_score: bool):
-        collector = _current_collector()
-        if collector is None:
+        rec = current_recorder()
+        if rec is None:
             return
+        # Score-function records (the filter's detached draws, its ancestor choices):
+        # the reinforce rule, with the whole value as learning signal.
         if has_latent_score:
-            collector.append(Node(f"{site}:latents", Term(f"{site}:latents", score, ()),
-                                  self.baseline))
+            rec.add(SiteRecord(f"{site}:latents", Term(f"{site}:latents", score, ()),
+                               "reinforce", self.baseline))
         if self.resampling_gradient == "score":
-            collector.append(Node(f"{site}:ancestors", Term(f"{site}:ancestors", anc_score, ()),
-                                  self.baseline))
+            rec.add(SiteRecord(f"{site}:ancestors", Term(f"{site}:ancestors", anc_score, ()),
+                               "reinforce", self.baseline))
 
 
 class _FilterCall:

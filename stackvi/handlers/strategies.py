@@ -32,15 +32,25 @@ silently dropped score term.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-from numpyro.handlers import trace
 from numpyro.primitives import Messenger
 
 from stackvi import baselines as _baselines
-from stackvi.terms import Term, site_log_prob
+from stackvi.gradients.records import SiteRecord
+from stackvi.gradients.strategy import (
+    STRATEGIES,
+    Strategy,
+    check_named_sites,
+    claim,
+    dist_name,
+    is_latent,
+    register,
+    simulate,
+    wrap_scan_body,
+)
+from stackvi.terms import site_log_prob
 
 __all__ = [
     "Strategy",
@@ -49,79 +59,13 @@ __all__ = [
     "strategies",
     "configure",
     "simulate",
-    "Node",
-    "collect_nodes",
     "STRATEGIES",
 ]
 
 SiteSelector = Iterable[str] | Callable[[dict], bool] | None
 
 
-def _is_latent(msg: dict) -> bool:
-    return msg["type"] == "sample" and not msg["is_observed"]
-
-
-def _dist_name(msg: dict) -> str:
-    fn = msg["fn"]
-    while hasattr(fn, "base_dist") and type(fn).__name__ in ("ExpandedDistribution",
-                                                               "MaskedDistribution",
-                                                               "Independent"):
-        fn = fn.base_dist
-    return type(fn).__name__
-
-
-def _claim(msg: dict, name: str, options: dict, claimer: str) -> None:
-    """Record ``name`` as the site's strategy unless an inner handler already did."""
-    if "strategy" in msg["infer"]:
-        return
-    # Copy: a user may pass one ``infer`` dict object to many sites.
-    msg["infer"] = {**msg["infer"], "strategy": name, **options}
-    STRATEGIES[name].validate(msg, claimer)
-    # Strategies that lay out values themselves (enumerate, mvd) do it now, before sampling.
-    STRATEGIES[name].prepare(msg)
-    msg["infer"]["_stackvi_prepared"] = True
-
-
-class Strategy(Messenger):
-    """Base class of strategy handlers; subclasses set ``name`` and ``validate``."""
-
-    name: str = ""
-
-    def __init__(self, fn=None, sites: SiteSelector = None, **options: Any):
-        if isinstance(sites, str):
-            sites = [sites]
-        if sites is not None and not callable(sites):
-            sites = frozenset(sites)
-        self.sites = sites
-        self.options = options
-        super().__init__(fn)
-
-    def selects(self, msg: dict) -> bool:
-        if self.sites is None:
-            return True
-        if callable(self.sites):
-            return bool(self.sites(msg))
-        return msg["name"] in self.sites
-
-    def process_message(self, msg):
-        if _is_latent(msg) and self.selects(msg):
-            _claim(msg, self.name, self.options, type(self).__name__)
-
-    @staticmethod
-    def validate(msg: dict, claimer: str) -> None:
-        pass
-
-    # How the site's value is transformed once sampled (outermost, in simulate).
-    @staticmethod
-    def transform(msg: dict) -> None:
-        pass
-
-    # Set the value before sampling (enumerate, mvd): called when the claim is made.
-    @staticmethod
-    def prepare(msg: dict) -> None:
-        pass
-
-
+@register
 class reparam(Strategy):
     """Pathwise gradients: the sample is a differentiable function of the parameters.
 
@@ -135,12 +79,13 @@ class reparam(Strategy):
     def validate(msg, claimer):
         if not msg["fn"].has_rsample:
             raise ValueError(
-                f"{claimer}: site '{msg['name']}' ({_dist_name(msg)}) has no reparameterized "
+                f"{claimer}: site '{msg['name']}' ({dist_name(msg)}) has no reparameterized "
                 "sampler, so a pathwise gradient does not exist. Use reinforce (score "
                 "function) for it, or a relaxed/reparameterizable distribution."
             )
 
 
+@register
 class reinforce(Strategy):
     """Score-function gradients: ``E[(L - b) ∇ log q(z)]``, the sample itself is not differentiated.
 
@@ -149,6 +94,7 @@ class reinforce(Strategy):
     """
 
     name = "reinforce"
+    detach_own_term = True
 
     def __init__(self, fn=None, sites: SiteSelector = None, baseline=None):
         super().__init__(fn, sites, baseline=_baselines.resolve(baseline))
@@ -166,19 +112,19 @@ class reinforce(Strategy):
         msg["value"] = jax.lax.stop_gradient(msg["value"])
         # Cached intermediates would carry the pathwise gradient into log q.
         msg["intermediates"] = []
-        collector = _current_collector()
-        if collector is not None:
-            extra = ()
-            if "_stackvi_baseline" in msg["infer"]:
-                extra = (_baselines.baseline_term(msg, msg["infer"]["_stackvi_baseline"]),)
-            collector.append(
-                # resolve: infer={"baseline": "loo"} written in the model is a plain string.
-                Node(msg["name"], site_log_prob({**msg, "scale": None}),
-                     _baselines.resolve(msg["infer"].get("baseline")), extra=extra)
-            )
 
+    @classmethod
+    def record(cls, msg):
+        extra = ()
+        if "_stackvi_baseline" in msg["infer"]:
+            extra = (_baselines.baseline_term(msg, msg["infer"]["_stackvi_baseline"]),)
+        # resolve: infer={"baseline": "loo"} written in the model is a plain string.
+        return SiteRecord(msg["name"], site_log_prob({**msg, "scale": None}), cls.name,
+                          _baselines.resolve(msg["infer"].get("baseline")), extra=extra)
 
-STRATEGIES: dict[str, type[Strategy]] = {"reparam": reparam, "reinforce": reinforce}
+    @classmethod
+    def gradient(cls, record, ctx):
+        return ctx.score_term(record)
 
 
 class strategies(Messenger):
@@ -201,17 +147,36 @@ class strategies(Messenger):
                         "at the same level; choose one."
                     )
                 owner[site] = strategy
-        self.owner = owner
-        self.options = options
+        self.config, self.owner, self.options = config, owner, options
+        self._seen: set[str] = set()
+        self.check_names = True
         super().__init__(fn)
 
+    def __enter__(self):
+        self._seen = set()
+        return super().__enter__()
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        out = super().__exit__(exc_type, exc_value, traceback)
+        if exc_type is None and self.check_names:
+            check_named_sites("strategies", self.owner, self._seen)
+        return out
+
     def process_message(self, msg):
-        if _is_latent(msg) and msg["name"] in self.owner:
+        if is_latent(msg):
+            self._seen.add(msg["name"])
+        if is_latent(msg) and msg["name"] in self.owner:
             name = self.owner[msg["name"]]
             opts = self.options.get(name, {})
             if "baseline" in opts:
                 opts = {**opts, "baseline": _baselines.resolve(opts["baseline"])}
-            _claim(msg, name, opts, "strategies")
+            claim(msg, name, opts, "strategies")
+        wrap_scan_body(msg, lambda body: _unchecked(strategies(body, self.config, **self.options)))
+
+
+def _unchecked(handler):
+    handler.check_names = False  # a scan body sees only its own sites
+    return handler
 
 
 class configure(Messenger):
@@ -227,7 +192,8 @@ class configure(Messenger):
         super().__init__(fn)
 
     def process_message(self, msg):
-        if not _is_latent(msg):
+        wrap_scan_body(msg, lambda body: configure(body, self.config_fn))
+        if not is_latent(msg):
             return
         choice = self.config_fn(msg)
         if choice is None:
@@ -240,107 +206,4 @@ class configure(Messenger):
             )
         if "baseline" in opts:
             opts = {**opts, "baseline": _baselines.resolve(opts["baseline"])}
-        _claim(msg, name, opts, "configure")
-
-
-# ---------------------------------------------------------------------------
-# Resolution: defaults, value transforms, and score-function nodes.
-
-
-class Node(NamedTuple):
-    """A non-pathwise sample: its log-density (named axes) and its baseline.
-
-    ``kind`` says which gradient rule applies (``"reinforce"``, ``"enumerate"``:
-    ``log_prob`` are the exact weights of an enumerated support, ``"mvd"``);
-    ``extra`` holds further :class:`Term` s the rule needs (traced arrays), and
-    ``info`` static data (hashable).
-    """
-
-    label: str
-    log_prob: Term
-    baseline: Any = None
-    kind: str = "reinforce"
-    extra: tuple = ()
-    info: Any = None
-
-    def with_axis(self, axis: str) -> Node:
-        """The same node after a leading axis ``axis`` was stacked on (by ``vmap``)."""
-        def add(t: Term) -> Term:
-            return Term(t.label, t.array, (axis, *t.names))
-        return self._replace(log_prob=add(self.log_prob), extra=tuple(add(t) for t in self.extra))
-
-
-_COLLECTORS: list[list[Node]] = []
-
-
-def _current_collector() -> list[Node] | None:
-    return _COLLECTORS[-1] if _COLLECTORS else None
-
-
-@contextmanager
-def collect_nodes():
-    """Collect the score-function nodes sampled in this block (one trace only)."""
-    nodes: list[Node] = []
-    _COLLECTORS.append(nodes)
-    try:
-        yield nodes
-    finally:
-        _COLLECTORS.pop()
-
-
-class _resolve(Messenger):
-    """Outermost handler of :func:`simulate`: default claims, then each strategy's transform.
-
-    It must be outermost: ``postprocess_message`` runs outermost-first, so the
-    transformed value is what every inner handler (``trace``) records and what
-    the program's next line sees.
-    """
-
-    def process_message(self, msg):
-        if not _is_latent(msg):
-            return
-        if msg["value"] is not None and not msg["infer"].get("_stackvi_owns_value"):
-            return  # replayed / substituted: not sampled here
-        msg["infer"] = {**msg["infer"], "_stackvi_sampled": True}
-        # Claims written in the site's infer dict never pass through _claim.
-        if "strategy" not in msg["infer"] and msg["infer"].get("enumerate") == "parallel":
-            _claim(msg, "enumerate", {}, "infer={'enumerate': 'parallel'}")
-        elif (msg["infer"].get("strategy") in STRATEGIES and msg["value"] is None
-              and not msg["infer"].get("_stackvi_prepared")):
-            if getattr(msg["infer"].get("baseline"), "trained", False):
-                # Objective.init never runs _resolve, so it would not see the params.
-                raise ValueError(
-                    f"site '{msg['name']}': a trained baseline ({msg['infer']['baseline']!r}) "
-                    "in the site's infer dict; attach it with a handler instead: "
-                    "reinforce(guide, sites=[...], baseline=...), strategies or configure."
-                )
-            STRATEGIES[msg["infer"]["strategy"]].prepare(msg)
-
-    def postprocess_message(self, msg):
-        if not (_is_latent(msg) and msg["infer"].get("_stackvi_sampled")):
-            return
-        # The default is claimed here, not in process_message: strategy handlers
-        # used as context managers *around* simulate are outer to _resolve, and
-        # their process_message (their claim) runs after ours.
-        if "strategy" not in msg["infer"]:
-            default = "reparam" if msg["fn"].has_rsample else "reinforce"
-            _claim(msg, default, {}, "default")
-        name = msg["infer"]["strategy"]
-        if name not in STRATEGIES:
-            raise ValueError(
-                f"site '{msg['name']}' asks for unknown strategy {name!r} in its infer dict; "
-                f"known: {sorted(STRATEGIES)}"
-            )
-        STRATEGIES[name].validate(msg, f"infer={{'strategy': '{name}'}}")
-        STRATEGIES[name].transform(msg)
-
-
-def simulate(fn: Callable, *args, **kwargs) -> dict:
-    """Run ``fn`` (usually a guide) under its strategies and return its trace.
-
-    Unclaimed latent sites get the default strategy; non-pathwise samples are
-    detached and registered as score-function nodes of the enclosing
-    expectation (see :mod:`stackvi.estimators.core`).
-    """
-    with _resolve():
-        return trace(fn).get_trace(*args, **kwargs)
+        claim(msg, name, opts, "configure")

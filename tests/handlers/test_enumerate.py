@@ -18,7 +18,7 @@ from stackvi import estimators
 from stackvi.estimators import log_weight
 from stackvi.handlers import configure, strategies
 from stackvi.handlers import enumerate as enum
-from stackvi.handlers.strategies import collect_nodes
+from stackvi.gradients import enum_axis, recording
 
 X = jnp.array([0.4, 1.9, -0.7])
 
@@ -91,15 +91,15 @@ def test_jit_equals_eager_and_particles_change_nothing():
 def test_layout_dims_and_names():
     """Support along fresh dims left of the plate, named; downstream terms carry the names."""
     lw = log_weight(model, enum(guide))
-    with collect_nodes() as nodes:
+    with recording() as rec:
         terms = seed(lw, 0)(X)
     by_label = {t.label: t for t in terms.terms}
     assert by_label["q:z1"].names == ("enum:z1", "data")
     assert by_label["q:z1"].array.shape == (2, 3)
     assert set(by_label["q:z2"].names) == {"enum:z1", "enum:z2", "data"}
     assert set(by_label["p:x"].names) == {"enum:z1", "enum:z2", "data"}
-    assert [n.kind for n in nodes] == ["enumerate", "enumerate"]
-    assert [n.info for n in nodes] == ["enum:z1", "enum:z2"]
+    assert [n.kind for n in rec.records] == ["enumerate", "enumerate"]
+    assert [n.axis for n in rec.records] == [enum_axis("z1"), enum_axis("z2")]
 
 
 def test_cost_is_linear_in_the_plate_size():

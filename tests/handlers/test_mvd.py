@@ -15,7 +15,7 @@ from numpyro.handlers import seed
 from stackvi import estimators
 from stackvi.estimators import log_weight
 from stackvi.handlers import mvd
-from stackvi.handlers.strategies import collect_nodes
+from stackvi.gradients import Axis, recording
 from tests.conftest import NormalNormal, assert_lower_variance, assert_unbiased, keys
 
 
@@ -30,16 +30,16 @@ def test_branch_layout():
         with numpyro.plate("i", 4):
             numpyro.sample("z", dist.Normal(numpyro.param("m", jnp.zeros((4, 2))), 1.0).to_event(1))
 
-    with collect_nodes() as nodes:
+    with recording() as rec:
         terms = seed(log_weight(model, mvd(guide)), 0)()
-    node = nodes[0]
-    axis, coord, pieces, size = node.info
-    assert (axis, coord, size) == ("mvd:z", "mvd:z:coord", 2)
+    node = rec.records[0]
+    axis, (coord, pieces, size) = node.axis, node.static
+    assert (axis, coord, size) == (Axis("mvd:z"), Axis("mvd:z:coord"), 2)
     assert pieces == ((0, 1), (2, -1))  # loc: W± ; scale: Maxwell vs the sample itself
     q = {t.label: t for t in terms.terms}["q:z"]
-    assert q.names == ("mvd:z", "i") and q.array.shape == (1 + 3 * 2, 4)
+    assert q.names == (Axis("mvd:z"), "i") and q.array.shape == (1 + 3 * 2, 4)
     theta = node.extra[0]
-    assert theta.names == ("i", "mvd:z:coord") and theta.array.shape == (4, 2)
+    assert theta.names == ("i", Axis("mvd:z:coord")) and theta.array.shape == (4, 2)
 
 
 @pytest.mark.parametrize("jit", [pytest.param(False, marks=pytest.mark.slow), True])

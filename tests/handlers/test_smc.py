@@ -25,7 +25,7 @@ from numpyro.contrib.control_flow import scan
 from numpyro.handlers import condition, seed, trace
 
 from stackvi.handlers.smc import smc_filter, smc_marginalize
-from stackvi.handlers.strategies import collect_nodes
+from stackvi.gradients import recording
 from stackvi.models.state_space import (
     OBS_VAR,
     hmm_forward,
@@ -202,9 +202,9 @@ def _traced(fn):
 
 def test_score_nodes():
     def labels(model, *args, **opts):
-        with collect_nodes() as nodes:
+        with recording() as rec:
             seed(smc_marginalize(model, num_particles=4, **opts), 0)(*args)
-        return sorted(n.label for n in nodes)
+        return sorted(n.name for n in rec.records)
 
     assert _traced(lambda: labels(lgssm_model, Y, A, C)) == []  # reparameterized: pathwise
     # Discrete latents: their score term is kept, never silently dropped.

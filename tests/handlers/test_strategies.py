@@ -17,7 +17,7 @@ from numpyro.handlers import seed
 
 from stackvi import baselines
 from stackvi.handlers import configure, reinforce, reparam, simulate, strategies
-from stackvi.handlers.strategies import _COLLECTORS, collect_nodes
+from stackvi.gradients.records import _RECORDERS, recording
 
 
 def guide(loc=0.0, infer=None):
@@ -89,10 +89,10 @@ def test_strategies_one_site_two_strategies_raises_naming_the_site():
 
 def test_strategies_claims_and_options():
     g = strategies(guide, {"reinforce": ["z"], "reparam": "w"}, reinforce={"baseline": "ema"})
-    with collect_nodes() as nodes:
+    with recording() as rec:
         got = strategy_of(g)
     assert got == {"b": "reinforce", "z": "reinforce", "w": "reparam"}
-    by_label = {n.label: n for n in nodes}
+    by_label = {n.name: n for n in rec.records}
     assert isinstance(by_label["z"].baseline, baselines.MovingAverage)
     assert by_label["b"].baseline is None  # claimed by the default, no options
 
@@ -105,10 +105,10 @@ def test_configure_by_function():
             return ("reinforce", {"baseline": "ema"})
         return None  # fall through to the default
 
-    with collect_nodes() as nodes:
+    with recording() as rec:
         got = strategy_of(configure(guide, choose))
     assert got == {"b": "reinforce", "z": "reinforce", "w": "reinforce"}
-    assert isinstance({n.label: n for n in nodes}["w"].baseline, baselines.MovingAverage)
+    assert isinstance({n.name: n for n in rec.records}["w"].baseline, baselines.MovingAverage)
     with pytest.raises(ValueError, match=r"unknown strategy 'mvdd' for site 'z'"):
         strategy_of(configure(guide, lambda s: "mvdd" if s["name"] == "z" else None))
     with pytest.raises(ValueError, match="config_fn"):
@@ -147,11 +147,11 @@ def test_observed_and_substituted_sites_are_not_claimed():
         numpyro.sample("o", dist.Normal(0.0, 1.0), obs=1.0)
         numpyro.sample("s", dist.Bernoulli(0.5))
 
-    with collect_nodes() as nodes:
+    with recording() as rec:
         tr = simulate(seed(numpyro.handlers.substitute(reinforce(g), {"s": 1.0}), 0))
     assert "strategy" not in tr["o"]["infer"]
     assert "_stackvi_sampled" not in tr["s"]["infer"]
-    assert nodes == []
+    assert rec.records == []
 
 
 # --------------------------------------------------------------------------- the default
@@ -179,10 +179,10 @@ def test_default_is_reparam_iff_has_rsample(name):
     def g():
         numpyro.sample("s", d)
 
-    with collect_nodes() as nodes:
+    with recording() as rec:
         got = strategy_of(g)["s"]
     assert got == ("reparam" if d.has_rsample else "reinforce")
-    assert [n.label for n in nodes] == ([] if d.has_rsample else ["s"])
+    assert [n.name for n in rec.records] == ([] if d.has_rsample else ["s"])
 
 
 # --------------------------------------------------------------------------- effects of a claim
@@ -200,9 +200,9 @@ def test_reinforce_detaches_value_and_registers_node_reparam_does_not(jit):
         grad = jax.jit(grad, static_argnums=1) if jit else grad
         assert float(grad(0.5, strategy)) == expected
 
-    with collect_nodes() as nodes:
+    with recording() as rec:
         tr = simulate(seed(reinforce(guide, sites=["z", "w"]), 1), 0.5)
-    labels = {n.label: n for n in nodes}
+    labels = {n.name: n for n in rec.records}
     assert sorted(labels) == ["b", "w", "z"]
     assert labels["w"].log_prob.names == ("data",)
     np.testing.assert_allclose(labels["w"].log_prob.array,
@@ -227,11 +227,11 @@ def test_reparam_refuses_a_discrete_site_naming_site_and_distribution():
 
 def test_collectors_do_not_outlive_a_trace():
     with pytest.raises(ZeroDivisionError):
-        with collect_nodes():
+        with recording():
             raise ZeroDivisionError
-    assert _COLLECTORS == []
+    assert _RECORDERS == []
     with jax.checking_leaks():
         f = jax.jit(lambda loc: simulate(seed(reinforce(guide), 0), loc)["z"]["value"])
         f(0.1)
         f(0.2)
-    assert _COLLECTORS == []
+    assert _RECORDERS == []
