@@ -1,5 +1,7 @@
 """Ready-made models and guides, written as plain NumPyro functions.
 
+* :mod:`stackvi.models.air` — Attend-Infer-Repeat on multi-MNIST, with every
+  estimator of the PLDI 2024 paper's AIR experiment (``air.ESTIMATORS``).
 * :mod:`stackvi.models.vae` — a variational autoencoder (the bundled default
   of ``stackvi fit`` and the model of ``benchmarks/vae.py``).
 * :mod:`stackvi.models.cone` — the noisy cone (DESIGN.md §7), its mean-field
@@ -11,6 +13,6 @@
   algorithm (exact references for SMC).
 """
 
-from stackvi.models import cone, mixtures, state_space, vae
+from stackvi.models import air, cone, mixtures, state_space, vae
 
-__all__ = ["cone", "mixtures", "state_space", "vae"]
+__all__ = ["air", "cone", "mixtures", "state_space", "vae"]
