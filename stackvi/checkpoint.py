@@ -59,6 +59,15 @@ class FitResult(NamedTuple):
     history: np.ndarray  # objective estimate at every step (higher is better)
 
 
+def _file_mode() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
 class CheckpointError(ValueError):
     """A file that is not a valid stackvi checkpoint, or one written for another run."""
 
@@ -105,6 +114,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp's 0600 -> what open() would have given
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

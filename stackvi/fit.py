@@ -290,14 +290,21 @@ def fit(
     chunk = chunk_size or max(1, num_steps // 100)
     size = max(256, 1 << (chunk - 1).bit_length())
     dynamic, loop, step, merge = _compiled(objective, optimizer, args, kwargs, size)
-    state = (carry, history, sum(len(h) for h in history))  # replaced whole: always consistent
-    saved_at = (state[2], _clock())
+    # (carry, steps done): replaced whole, so it is consistent whenever Ctrl-C lands;
+    # `history` may run one chunk ahead of it and is cut to its length.
+    state = (carry, sum(len(h) for h in history))
+    saved_at = _clock()
 
     def result_of(state):
-        carry, history, _ = state
-        p, o, b = carry
-        return FitResult(objective.constrain(p, *args, **kwargs), p, o, b,
-                         np.concatenate(history))
+        (p, o, b), done = state
+        try:
+            constrained = objective.constrain(p, *args, **kwargs)
+        except Exception as e:  # e.g. finite but huge params: keep the raw ones, never lose them
+            warnings.warn(f"fit: the params after {done} steps cannot be constrained "
+                          f"({type(e).__name__}: {e}); result.params is empty, raw_params holds "
+                          "them", stacklevel=3)
+            constrained = {}
+        return FitResult(constrained, p, o, b, np.concatenate(history)[:done])
 
     def write(state, status, message=None):
         if checkpoint is not None:
@@ -306,12 +313,12 @@ def fit(
                        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         return checkpoint
 
-    bar = tqdm(total=num_steps, initial=state[2], disable=not progress, desc=objective.name,
+    bar = tqdm(total=num_steps, initial=state[1], disable=not progress, desc=objective.name,
                unit="step", dynamic_ncols=True)
     try:
         per_step = None
-        while state[2] < num_steps:
-            done = state[2]
+        while state[1] < num_steps:
+            done = state[1]
             n = min(chunk, num_steps - done)
             if every_steps:
                 n = min(n, every_steps - done % every_steps)
@@ -322,19 +329,19 @@ def fit(
                                                     jnp.int32(n), dynamic)
             n_ok = int(n_ok)
             values = np.asarray(values)
-            state = (new_carry, [*state[1], values[:n_ok]], done + n_ok)
+            history.append(values[:n_ok])
+            state = (new_carry, done + n_ok)
             per_step = (time.perf_counter() - t0) / max(n_ok, 1)
             if n_ok < n:
                 _raise_non_finite(objective, step, state, base_key, values[n_ok], grad_ok,
                                   dynamic, merge, write, result_of)
-            bar.update(n_ok)
             bar.set_postfix({objective.name: f"{values[:n_ok].mean():.5g}"}, refresh=False)
-            now = _clock()
-            if checkpoint is not None and state[2] < num_steps and (
-                    (every_steps and state[2] % every_steps == 0)
-                    or (every_s and now - saved_at[1] >= every_s)):
+            bar.update(n_ok)
+            if checkpoint is not None and state[1] < num_steps and (
+                    (every_steps and state[1] % every_steps == 0)
+                    or (every_s and _clock() - saved_at >= every_s)):
                 write(state, "running")
-                saved_at = (state[2], _clock())
+                saved_at = _clock()
         write(state, "done")
     except KeyboardInterrupt as e:
         if isinstance(e, FitInterrupted):
@@ -342,7 +349,7 @@ def fit(
         where = write(state, "interrupted", "interrupted (Ctrl-C)")
         how = (f"saved in '{where}'; resume with fit(..., resume='{where}')" if where else
                "pass checkpoint=PATH to keep it")
-        raise FitInterrupted(f"fit interrupted after {state[2]} steps; the state is {how}",
+        raise FitInterrupted(f"fit interrupted after {state[1]} steps; the state is {how}",
                              result_of(state), where) from None
     finally:
         bar.close()
@@ -351,31 +358,14 @@ def fit(
 
 def _raise_non_finite(objective, step, state, base_key, value, grad_ok, dynamic, merge, write,
                       result_of):
-    (params, opt_state, bstate), _, done = state
+    (params, opt_state, bstate), done = state
     key = jax.random.fold_in(base_key, done)
-    a, kw = merge(dynamic)
-    names = [_param_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    bad = [n for n, ok in zip(names, np.asarray(grad_ok), strict=False) if not ok]
-    if not np.isfinite(value):
-        try:
-            objective.check_finite(params, key, *a, **kw)
-            msg = f"{objective.name} is not finite ({value})."
-        except NonFiniteError as e:
-            msg = str(e)
-    elif bad:
-        sites = _gradient_sites(objective, params, key, a, kw)
-        msg = (f"the gradient of {objective.name} is not finite for parameters {bad} although "
-               f"its value ({float(value):.6g}) is"
-               + (f"; non-finite gradients come from the log-density terms {sites} (p: model, "
-                  f"q: guide)" if sites else "")
-               + ". Look for operations with an infinite derivative at these values (sqrt or "
-               "log at 0, a boundary of a constraint) or lower the learning rate.")
-    else:
-        _, _, (new_params, _, _) = step((params, opt_state, bstate), key, dynamic)
-        out = [n for n, x in zip(names, jax.tree_util.tree_leaves(new_params), strict=False)
-               if not bool(_finite(x))]
-        msg = (f"the optimizer's update made parameters {out} non-finite (gradients too large "
-               f"for the learning rate? lower it, or clip with optax.clip_by_global_norm).")
+    try:
+        msg = _diagnose(objective, step, (params, opt_state, bstate), key, value, grad_ok,
+                        dynamic, merge)
+    except Exception as e:  # the diagnosis must not lose the last good state
+        msg = (f"{objective.name} or its gradient is not finite; diagnosing it raised "
+               f"{type(e).__name__}: {e}")
     where = write(state, "non-finite", msg)
     keep = (f"The last good state (after {done} steps) is saved in '{where}'." if where else
             f"The last good state (after {done} steps) is in this error's .result; pass "
@@ -383,6 +373,44 @@ def _raise_non_finite(objective, step, state, base_key, value, grad_ok, dynamic,
     err = NonFiniteError(f"step {done}: {msg} {keep}")
     err.result, err.checkpoint = result_of(state), where
     raise err
+
+
+def _diagnose(objective, step, carry, key, value, grad_ok, dynamic, merge) -> str:
+    params = carry[0]
+    a, kw = merge(dynamic)
+    names = [_param_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    bad = [n for n, ok in zip(names, np.asarray(grad_ok), strict=False) if not ok]
+    if not np.isfinite(value):
+        try:
+            objective.check_finite(params, key, *a, **kw)
+            return f"{objective.name} is not finite ({value})."
+        except NonFiniteError as e:
+            return str(e)
+        except Exception as e:  # e.g. a distribution's argument check on absurd params
+            big = max(names, key=lambda n: float(jnp.max(jnp.abs(_leaf(params, n)))), default="")
+            return (f"{objective.name} is not finite ({value}); re-running it eagerly raised "
+                    f"{type(e).__name__}: {e}" + (f" (largest parameter: {big}; lower the "
+                                                  "learning rate?)" if big else ""))
+    if bad:
+        sites = _gradient_sites(objective, params, key, a, kw)
+        return (f"the gradient of {objective.name} is not finite for parameters {bad} although "
+                f"its value ({float(value):.6g}) is"
+                + (f"; non-finite gradients come from the log-density terms {sites} (p: model, "
+                   f"q: guide)" if sites else "")
+                + ". Look for operations with an infinite derivative at these values (sqrt or "
+                "log at 0, a boundary of a constraint) or lower the learning rate.")
+    _, _, (new_params, _, _) = jax.jit(step)(carry, key, dynamic)  # as in the loop
+    out = [n for n, x in zip(names, jax.tree_util.tree_leaves(new_params), strict=False)
+           if not bool(_finite(x))]
+    return (f"the optimizer's update made parameters {out} non-finite (gradients too large "
+            f"for the learning rate? lower it, or clip with optax.clip_by_global_norm).")
+
+
+def _leaf(params, name):
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if _param_name(path) == name:
+            return x
+    return jnp.zeros(())
 
 
 def _param_name(path) -> str:

@@ -213,7 +213,8 @@ def test_ctrl_c_saves_the_last_complete_step(tmp_path, normal_normal, monkeypatc
     kw = dict(optimizer=opt, num_steps=30, chunk_size=4, progress=False)
     monkeypatch.setattr(sys.modules["stackvi.fit"], "tqdm", _Interrupt)
     with pytest.raises(FitInterrupted, match="after 12 steps.*resume=") as info:
-        sv.fit(obj, jax.random.PRNGKey(0), nn.data, checkpoint=path, **kw)
+        sv.fit(obj, jax.random.PRNGKey(0), nn.data, checkpoint=path, checkpoint_every=1000,
+               **kw)  # by steps only: chunks stay 4 steps however slow the machine
     assert isinstance(info.value, KeyboardInterrupt) and info.value.checkpoint == path
     assert len(info.value.result.history) == 12 and len(load(path).history) == 12
     monkeypatch.undo()
@@ -293,3 +294,16 @@ def test_non_finite_gradient_stops_with_the_last_good_state(tmp_path):
     # the last good state is the one whose gradient is NaN: m just crossed 1, finite
     assert 1.0 <= float(good.raw_params["m"]) < 2.0 and np.all(np.isfinite(good.history))
     assert info.value.checkpoint == path
+
+
+@pytest.mark.filterwarnings("ignore:fit. the params after")  # huge params: no constrained ones
+def test_an_update_that_overflows_names_the_parameters(normal_normal):
+    nn = normal_normal
+    # step 0 makes the params huge (or inf): either the update or the next value is caught
+    with pytest.raises(NonFiniteError, match=r"step (\d+): .*(non-finite|not finite).*lower.*"
+                       r"in this error's .result") as info:
+        sv.fit(estimators.elbo(nn.model, nn.guide), jax.random.PRNGKey(0), nn.data,
+               optimizer=optax.sgd(1e38), num_steps=5, progress=False)
+    step = int(re.match(r"step (\d+)", str(info.value)).group(1))
+    assert step <= 1 and len(info.value.result.history) == step
+    assert all(bool(jnp.isfinite(v)) for v in info.value.result.raw_params.values())
