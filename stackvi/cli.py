@@ -262,6 +262,10 @@ def _run(a, out: Path, objective, optimizer, args, kwargs, summary: dict, bundle
 
     ckpt = out / CHECKPOINT
     start_step = read_meta(ckpt)["step"] if a.resume else 0
+    if a.resume and start_step == a.steps:
+        print(f"stackvi fit: the run in {out} is complete ({start_step} steps); give --steps N "
+              f"(more than {start_step}) to continue it")
+        return 0
     start = time.perf_counter()
     result = sv.fit(objective, jax.random.PRNGKey(a.seed), *args, optimizer=optimizer,
                     num_steps=a.steps, progress=not a.no_progress, checkpoint=ckpt,
