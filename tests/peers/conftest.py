@@ -11,7 +11,10 @@ A peer case is a model, a guide and arguments. It is checked in three steps:
    per independent group, with the group's ``scale`` applied *outside* the
    sum, as Pyro's and NumPyro's ``TraceEnum_ELBO`` define it (all sites of one
    group must share a scale). A guide site's ``scale`` multiplies its
-   ``log q`` term but not its sampling probability.
+   ``log q`` term but not its sampling probability; likewise a ``mask`` removes
+   a latent element's log-prob *term* but the element is still drawn from
+   (guide) or summed against (model) its normalized distribution, so a masked
+   element contributes nothing, as in the peers' unrolled "hand" models.
 2. stackvi's estimate comes from ``estimators.elbo(model, strategy(guide))``
    with one of :data:`STRATEGIES` wrapped around the guide.
 3. :func:`check_case` compares: an estimator that is exact (every guide latent
@@ -36,6 +39,7 @@ import numpyro
 import numpyro.distributions as dist
 from jax.scipy.special import logsumexp
 from numpyro.distributions import constraints
+from numpyro.distributions.distribution import MaskedDistribution
 from numpyro.handlers import seed, substitute, trace
 
 from stackvi import estimators, handlers
@@ -186,19 +190,36 @@ class ExactELBO:
         return {k: dist.biject_to(self.constraints[k])(jnp.asarray(v)) for k, v in params.items()}
 
     # -- per-factor log-probabilities (unscaled), vmapped over configurations
-    def _factors(self, fn, cparams, values):
+    def _factors(self, fn, cparams, values, unmasked=False):
+        """{site: log-prob}, unscaled; ``unmasked``: latents' log-probs without their mask.
+
+        A masked latent element is still drawn from (guide) or summed against
+        (model) its distribution; only its log-prob *term* is masked out.
+        """
         tr = _trace(fn, self.args, self.kwargs, {**cparams, **values})
-        return {n: jnp.asarray(s["fn"].log_prob(s["value"]))
-                for n, s in tr.items() if s["type"] == "sample"}
+        out = {}
+        for n, s in tr.items():
+            if s["type"] != "sample":
+                continue
+            d = s["fn"]
+            if unmasked and not s["is_observed"]:
+                while isinstance(d, MaskedDistribution):
+                    d = d.base_dist
+            out[n] = jnp.asarray(d.log_prob(s["value"]))
+        return out
 
     def _model_table(self, cparams):
-        """{site: log p (Cz, Cw, *batch)} over every guide x model-only configuration."""
+        """({site: log p (Cz, Cw, *batch)}, same unmasked) over all configurations."""
 
         def over_w(z):
+            def both(w):
+                values = {**z, **w}
+                return (self._factors(self.model, cparams, values),
+                        self._factors(self.model, cparams, values, unmasked=True))
+
             if self.wgrid:
-                return jax.vmap(lambda w: self._factors(self.model, cparams, {**z, **w}))(
-                    self.wgrid)
-            return jax.tree.map(lambda v: v[None], self._factors(self.model, cparams, z))
+                return jax.vmap(both)(self.wgrid)
+            return jax.tree.map(lambda v: v[None], both({}))
 
         if self.zgrid:
             return jax.vmap(over_w)(self.zgrid)
@@ -206,7 +227,7 @@ class ExactELBO:
 
     def _groups(self, params):
         cparams = self._constrain(params)
-        table = jax.tree.map(np.asarray, jax.jit(self._model_table)(cparams))
+        table = jax.tree.map(np.asarray, jax.jit(self._model_table)(cparams)[0])
         nz = len(self.zgrid[next(iter(self.zgrid))]) if self.zgrid else 1
         n_elems = len(self.waxes)
         # element-level dependency of each factor element on each model-only latent element
@@ -258,18 +279,19 @@ class ExactELBO:
         cparams = self._constrain(params)
         nz = len(self.zgrid[next(iter(self.zgrid))]) if self.zgrid else 1
         if self.zgrid:
-            gf = jax.vmap(lambda z: self._factors(self.guide, cparams, z))(self.zgrid)
+            gf, gu = jax.vmap(lambda z: (self._factors(self.guide, cparams, z),
+                                         self._factors(self.guide, cparams, z, True)))(self.zgrid)
         else:
             gf = jax.tree.map(lambda v: v[None], self._factors(self.guide, cparams, {}))
-        zlat = {n for n, _, _ in self.zsites}
-        lq = jnp.zeros(nz)          # log q(z): the sampling probability, unscaled
+            gu = {}
+        lq = jnp.zeros(nz)          # log q(z): the sampling probability (unscaled, unmasked)
         lq_scaled = jnp.zeros(nz)   # Σ scale·log q: the ELBO's guide term
         for name, v in gf.items():
-            flat = jnp.sum(v.reshape(nz, -1), 1)
-            if name in zlat:
-                lq = lq + flat
-            lq_scaled = lq_scaled + self.gscales[name] * flat
-        table = self._model_table(cparams)
+            lq_scaled = lq_scaled + self.gscales[name] * jnp.sum(v.reshape(nz, -1), 1)
+        for name, _, _ in self.zsites:
+            lq = lq + jnp.sum(gu[name].reshape(nz, -1), 1)
+        table, untable = self._model_table(cparams)
+        wlat = {n for n, _, _ in self.wsites}
         n_elems = len(self.waxes)
         grouped = {f for g in self.groups for f in g["factors"]}
         cost = jnp.zeros(nz)
@@ -282,7 +304,8 @@ class ExactELBO:
             cost = cost + self.mscales[name] * jnp.sum(
                 jnp.where(keep, first, 0.0).reshape(nz, -1), 1)
         for g in self.groups:  # scale · log Σ_w Π factors, per independent group
-            tot = sum(table[name][(slice(None), slice(None), *e)] for name, e in g["factors"])
+            tot = sum((untable if name in wlat else table)[name][(slice(None), slice(None), *e)]
+                      for name, e in g["factors"])
             tot = tot.reshape((nz, *self.waxes))
             tot = tot[(slice(None), *(slice(None) if j in g["elems"] else 0
                                       for j in range(n_elems)))]

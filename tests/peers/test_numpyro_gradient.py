@@ -14,22 +14,27 @@ Ported:
 * ``test_gradient`` (model_0/guide_0, model_1/guide_1, model_2/guide_2): the
   peer compares ``TraceGraph_ELBO`` with ``TraceEnum_ELBO``; we compare every
   strategy with the brute-force ELBO.
-* ``test_analytic_kl_1``: the seven models ``kl_model_*`` with the peer's
+* ``test_analytic_kl_1``: the eight models ``kl_model_*`` with the peer's
   enumerated guide. The peer's ``kl_sites``/``valid_kl`` axis tests NumPyro's
   ``config_kl`` (analytic KL), which stackvi does not have, so each model is one
   case per strategy (the exact answer does not depend on how KL is computed).
+  The guide is ``config_enumerate``'d, so "default" is full enumeration;
+  models 0-2 also run under reinforce and mvd, models 3-7 (which add a
+  model-only site ``d``) under reinforce.
 * ``test_analytic_kl_2``, ``test_analytic_kl_3``: mixed enumerated /
-  score-function / pathwise guides; exact answer: the peer's closed-form KL.
+  score-function / pathwise guides; exact answer: the peer's closed-form KL;
+  default, reinforce, enumerate and mvd on the discrete sites z1, z2.
 * ``test_analytic_kl_4``: scale handlers and plates; exact answer: the peer's
-  closed form. The whole 2×2×2×2 grid under the default strategies, two of its
-  points (z1_dim 2, z2_dim 3, scales 1/1 and z1_dim 3, z2_dim 2, scales 10/10)
-  under every strategy.
+  closed form. Two points of the peer's 2×2×2×2 grid: (z1_dim 2, z2_dim 3,
+  scales 1/1) under the default strategies and (z1_dim 3, z2_dim 2, scales
+  10/10) under default, enumerate and mvd for z1.
 
+Left out: the ``kl_sites`` axis (analytic KL is a NumPyro feature with no
+stackvi counterpart) and, for time (each case compiles its own estimator, ~5-30
+s on a shared 2-core machine), the other 14 points of the analytic_kl_4 grid and
+the 'ema'/'loo' baselines outside ``test_gradient``.
 ``-m "not slow"`` keeps one representative per kind of check; the rest is
-``@pytest.mark.slow`` (each case compiles its own estimator).
-
-Left out: nothing of the peer's cases; only the ``kl_sites`` axis (analytic KL
-is a NumPyro feature with no stackvi counterpart).
+``@pytest.mark.slow``.
 """
 
 from __future__ import annotations
@@ -137,7 +142,16 @@ GRADIENT_CASES = {
     "model_2": (model_2, guide_2, params_2, np.array([0, 1]), ["a", "b", "c", "d"]),
 }
 
-GRADIENT_XFAIL: dict[tuple[str, str], str] = {}
+GRADIENT_XFAIL: dict[tuple[str, str], str] = {
+    ('model_1', 'mvd'): (
+        '2+ mvd sites: spurious ValueError term p:b depends on mvd site b but not along '
+        'its plate(s) [mvd:a]'
+    ),
+    ('model_2', 'mvd'): (
+        '2+ mvd sites: spurious ValueError term p:b depends on mvd site b but not along '
+        'its plate(s) [mvd:a]'
+    ),
+}
 
 
 #: the default (not slow) run: one representative per kind of check
@@ -291,10 +305,72 @@ KL_MODELS = {m.__name__: m for m in (
     kl_model_0_z1z2z3, kl_model_1_z1z2z3, kl_model_2_z2z3, kl_model_3_z2z3,
     kl_model_4_z3, kl_model_5_z2, kl_model_6_, kl_model_7_z3)}
 
-KL_XFAIL: dict[tuple[str, str], str] = {}
+KL_XFAIL: dict[tuple[str, str], str] = {
+    ('kl_model_0_z1z2z3', 'mvd'): (
+        '2+ mvd sites: spurious ValueError term p:z2 depends on mvd site z2 but not along'
+        ' its plate(s) [mvd:z1]'
+    ),
+    ('kl_model_1_z1z2z3', 'mvd'): (
+        '2+ mvd sites: spurious ValueError term p:z2 depends on mvd site z2 but not along'
+        ' its plate(s) [mvd:z1]'
+    ),
+    ('kl_model_2_z2z3', 'mvd'): (
+        '2+ mvd sites: spurious ValueError term p:z2 depends on mvd site z2 but not along'
+        ' its plate(s) [mvd:z1]'
+    ),
+    ('kl_model_3_z2z3', 'default'): (
+        'model-side enumeration of [d] with guide sites [z1, z2, z3] under enumerate/mvd:'
+        ' ValueError cannot be combined in one objective yet (NumPyro allows it)'
+    ),
+    ('kl_model_3_z2z3', 'reinforce'): (
+        'config_enumerate on the model re-enumerates guide-sampled sites: value 1.803 vs '
+        'exact -0.310'
+    ),
+    ('kl_model_4_z3', 'default'): (
+        'model-side enumeration of [d] with guide sites [z1, z2, z3] under enumerate/mvd:'
+        ' ValueError cannot be combined in one objective yet (NumPyro allows it)'
+    ),
+    ('kl_model_4_z3', 'reinforce'): (
+        'config_enumerate on the model re-enumerates guide-sampled sites: value 1.803 vs '
+        'exact -0.117'
+    ),
+    ('kl_model_5_z2', 'default'): (
+        'model-side enumeration of [d] with guide sites [z1, z2, z3] under enumerate/mvd:'
+        ' ValueError cannot be combined in one objective yet (NumPyro allows it)'
+    ),
+    ('kl_model_5_z2', 'reinforce'): (
+        'config_enumerate on the model re-enumerates guide-sampled sites: value 1.803 vs '
+        'exact -0.417'
+    ),
+    ('kl_model_6_', 'default'): (
+        'model-side enumeration of [d] with guide sites [z1, z2, z3] under enumerate/mvd:'
+        ' ValueError cannot be combined in one objective yet (NumPyro allows it)'
+    ),
+    ('kl_model_6_', 'reinforce'): (
+        'config_enumerate on the model re-enumerates guide-sampled sites: value 1.803 vs '
+        'exact -0.325'
+    ),
+    ('kl_model_7_z3', 'default'): (
+        'model-side enumeration of [d] with guide sites [z1, z2, z3] under enumerate/mvd:'
+        ' ValueError cannot be combined in one objective yet (NumPyro allows it)'
+    ),
+    ('kl_model_7_z3', 'reinforce'): (
+        'config_enumerate on the model re-enumerates guide-sampled sites: value 1.803 vs '
+        'exact -0.147'
+    ),
+}
 
 
-@pytest.mark.parametrize("case,strategy", _params(KL_MODELS, KL_XFAIL))
+def _kl1_params():
+    out = []
+    for i, case in enumerate(KL_MODELS):
+        # the guide is config_enumerate'd: "default" enumerates every site, like "enumerate"
+        out += _params([case], KL_XFAIL, ("default", "reinforce", "mvd") if i < 3
+                       else ("default", "reinforce"))
+    return out
+
+
+@pytest.mark.parametrize("case,strategy", _kl1_params())
 def test_analytic_kl_1(case, strategy):
     model = KL_MODELS[case]
     args = (KL_PARAMS,)
@@ -370,10 +446,21 @@ def kl23_exact_elbo(variant):
     return elbo
 
 
-KL23_XFAIL: dict[tuple[str, str], str] = {}
+KL23_XFAIL: dict[tuple[str, str], str] = {
+    ('kl_2', 'mvd'): (
+        '2+ mvd sites: spurious ValueError term p:z2 depends on mvd site z2 but not along'
+        ' its plate(s) [mvd:z1]'
+    ),
+    ('kl_3', 'default'): (
+        'UNCLASSIFIED: site z2: the guides value has shape (2,) (CategoricalProbs) but '
+        'the models CategoricalProbs has shape () (batch shape + event shape, after '
+        'plates). Make the guide site the same shape, e.g. put it '
+    ),
+}
 
 
-@pytest.mark.parametrize("case,strategy", _params(KL23_MODELS, KL23_XFAIL))
+@pytest.mark.parametrize("case,strategy", _params(KL23_MODELS, KL23_XFAIL,
+                                                  ("default", "reinforce", "enumerate", "mvd")))
 def test_analytic_kl_2_3(case, strategy):
     model = KL23_MODELS[case]
     args = (KL23_PARAMS,)
@@ -418,15 +505,15 @@ def make_kl4(z1_dim, z2_dim, scale1, scale2):
 
 
 KL4_PARAMS = {"probs_z1": jnp.array([0.3, 0.7]), "probs_z2": jnp.array(0.0)}
-KL4_GRID = [(z1, z2, s1, s2) for s1 in (1, 10) for s2 in (1, 10) for z1 in (2, 3) for z2 in (2, 3)]
-KL4_FULL = {(2, 3, 1, 1), (3, 2, 10, 10)}  # every strategy; the rest of the grid: default
-KL4_XFAIL: dict[tuple[tuple, str], str] = {}
+KL4_FULL = {(3, 2, 10, 10)}  # default, enumerate, mvd; (2, 3, 1, 1): default
+KL4_XFAIL: dict[tuple[tuple, str], str] = {
+}
 
 
 def _kl4_params():
     out = []
-    for combo in KL4_GRID:
-        for s in ALL if combo in KL4_FULL else ("default",):
+    for combo in ((2, 3, 1, 1), (3, 2, 10, 10)):
+        for s in ("default", "enumerate", "mvd") if combo in KL4_FULL else ("default",):
             marks = [] if (combo, s) in FAST else [pytest.mark.slow]
             reason = KL4_XFAIL.get((combo, s))
             if reason:
