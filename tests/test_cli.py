@@ -192,7 +192,7 @@ def test_non_finite_run_keeps_its_checkpoint_and_says_where(broken_file, tmp_pat
     assert np.all(np.isfinite(load(out / "checkpoint.npz").history))
 
 
-def test_out_with_earlier_results_needs_overwrite(user_file, tmp_path, capsys):
+def test_out_with_earlier_results_needs_overwrite_and_progress_shows(user_file, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "loss.png").write_bytes(b"stale")
@@ -201,8 +201,11 @@ def test_out_with_earlier_results_needs_overwrite(user_file, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "holds an earlier run's results (loss.png)" in err and "--overwrite" in err
     assert (out / "loss.png").read_bytes() == b"stale"
-    assert main(user_args(user_file, "--steps", "5", "--out", str(out), "--overwrite")) == 0
+    with_bar = user_args(user_file)[:7]  # without --no-progress
+    assert main([*with_bar, "--steps", "50", "--out", str(out), "--overwrite"]) == 0
     assert (out / "loss.png").read_bytes()[:8] == PNG and (out / "notes.txt").exists()
+    err = capsys.readouterr().err  # the progress bar: speed, elapsed<remaining, objective
+    assert ("step/s" in err or "s/step" in err) and "elbo=" in err and "<" in err
 
 
 class _CtrlC:
@@ -245,11 +248,3 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(user_file, tmp_path, cap
     assert summary["status"] == "done" and summary["resumed_from_step"] == 9
     assert main(["fit", "--resume", str(tmp_path)]) == 2
     assert "has no readable config.json" in capsys.readouterr().err
-
-
-def test_progress_bar_shows_speed_eta_and_objective(user_file, tmp_path, capsys):
-    with_bar = user_args(user_file)[:7]  # without --no-progress
-    assert main([*with_bar, "--steps", "50", "--out", str(tmp_path / "r")]) == 0
-    err = capsys.readouterr().err
-    assert "step/s" in err or "s/step" in err
-    assert "elbo=" in err and "<" in err  # elapsed<remaining
