@@ -129,9 +129,13 @@ def _setup():
     params = jax.jit(lambda k: obj.init(k, x, config=CFG))(jax.random.PRNGKey(0))
     w, b = params["predict$params"]
     params = {**params, "predict$params": (w, b.at[0].set(0.4))}
-    tr = trace(seed(substitute(air.guide, data=params), 3)).get_trace(x, config=CFG)
-    fixed = {name: tr[name]["value"] for name in CONTINUOUS}
-    return x, params, fixed
+
+    @jax.jit
+    def draw(params):
+        tr = trace(seed(substitute(air.guide, data=params), 3)).get_trace(x, config=CFG)
+        return {name: tr[name]["value"] for name in CONTINUOUS}
+
+    return x, params, draw(params)
 
 
 def _fix(fn, fixed):
@@ -156,6 +160,7 @@ def _log_terms(params, x, fixed, config):
     return log_p, log_q, log_s
 
 
+@jax.jit
 def _all_configs(params, x, fixed):
     out = [_log_terms(params, x, fixed, c) for c in CONFIGS]
     return tuple(jnp.stack(v) for v in zip(*out, strict=True))
@@ -243,9 +248,16 @@ GRADIENT_CASES = {
 }
 
 
+# Each case compiles one vmapped gradient step (tens of seconds on a busy 2-core CPU):
+# these run with -m slow; reinforce and enum (and the refusals) by default.
+SLOW = {"reinforce+baseline", "rws", "iwae+reinforce"}
+
+
 def _case(name):
     kind, reason = GRADIENT_CASES[name]
     marks = [pytest.mark.xfail(strict=True, raises=ValueError, reason=reason)] if reason else []
+    if name in SLOW:
+        marks.append(pytest.mark.slow)
     return pytest.param(name, kind, marks=marks, id=name)
 
 
@@ -297,8 +309,9 @@ def test_absent_stays_absent():
     np.testing.assert_allclose(log_s[0] - log_s[1], 0.0, atol=1e-6)   # pres_prior = ½
     np.testing.assert_allclose(jnp.exp(log_s).sum(), 1.0, rtol=1e-5)
     values = {**params, **fixed, "z_pres_0": jnp.zeros(1), "z_pres_1": jnp.ones(1)}
-    tr = trace(substitute(air.model, data=values)).get_trace(x, config=CFG)
-    assert float(jnp.abs(tr["x"]["fn"].base_dist.loc).max()) == 0.0   # empty canvas
+    canvas = jax.jit(lambda v: trace(substitute(air.model, data=v)).get_trace(
+        x, config=CFG)["x"]["fn"].base_dist.loc)(values)
+    assert float(jnp.abs(canvas).max()) == 0.0   # empty canvas
 
 
 def test_estimator_table_is_complete():
@@ -334,5 +347,6 @@ def test_enumerating_a_masked_site():
              + q0 * q1 * (math.log(0.5 / 0.3) + math.log(0.5 / 0.6) + log_n(2.0))
              + q0 * (1 - q1) * (math.log(0.5 / 0.3) + math.log(0.5 / 0.4) + log_n(1.0)))
     obj = estimators.elbo(model, handlers.enumerate(guide))
-    value = obj.estimate(obj.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1))
+    value = jax.jit(lambda k: obj.estimate(obj.init(k), jax.random.PRNGKey(1)))(
+        jax.random.PRNGKey(0))
     np.testing.assert_allclose(value, exact, rtol=1e-5)
