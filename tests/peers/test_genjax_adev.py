@@ -97,12 +97,13 @@ def claim(guide, strategy, sites, baseline=None):
     raise ValueError(strategy)
 
 
-def check(guide, strategy, sites, params, exact_grads, exact_value=None, n=N):
-    """Exact to float32 for enumeration, else z-tested over ``n`` fixed keys."""
+def check(guide, strategy, sites, params, exact_grads, exact_value=None, n=N, stochastic=False):
+    """Exact to float32 for enumeration (unless other sites are sampled: ``stochastic``),
+    else z-tested over ``n`` fixed keys."""
     k = 4 if strategy == "reinforce-loo" else 1
     obj = expectation(claim(guide, strategy, sites), num_particles=k)
     params = {name: jnp.asarray(v, jnp.float32) for name, v in params.items()}
-    if strategy == "enumerate":
+    if strategy == "enumerate" and not stochastic:
         value, grads = jax.jit(obj.value_and_grad)(params, jax.random.PRNGKey(0))
         for name, g in exact_grads.items():
             np.testing.assert_allclose(np.asarray(grads[name]), g, rtol=1e-5, atol=1e-6,
@@ -130,14 +131,16 @@ def strategy_params(fast=("enumerate", "mvd", "reinforce"), xfails=None):
 
 
 def strategy_p_params(all_p, stochastic_p, fast):
-    """Every p for enumeration; ``stochastic_p`` for the sampling strategies."""
-    return [pytest.param(sp.values[0], p, id=f"{sp.id}-{p}", marks=sp.marks)
-            for sp in strategy_params(fast=fast)
-            for p in (all_p if sp.values[0] == "enumerate" else stochastic_p)]
+    """Every p for enumeration; ``stochastic_p`` for the sampling strategies.
+
+    ``fast``: the (strategy, p) pairs in the default run; the rest are slow."""
+    return [pytest.param(s, p, id=f"{s}-{p}", marks=[] if (s, p) in fast else [SLOW])
+            for s in FLIP_STRATEGIES
+            for p in (all_p if s == "enumerate" else stochastic_p)]
 
 
 @pytest.mark.parametrize("strategy,p", strategy_p_params(
-    [0.1, 0.3, 0.5, 0.7, 0.9], [0.3, 0.7], fast=("enumerate", "mvd")))
+    [0.1, 0.3, 0.5, 0.7, 0.9], [0.3, 0.7], fast=(("enumerate", 0.3), ("mvd", 0.3))))
 def test_flip_cond_exact(strategy, p):
     """E_b~flip(p)[b ? 0 : −p/2] = −p(1 − p)/2; d/dp = p − 0.5 (GenJAX: flip_enum)."""
     def guide():
@@ -197,7 +200,8 @@ def test_baseline_flip():
 
 
 @pytest.mark.parametrize("strategy,p", strategy_p_params(
-    [0.1, 0.3, 0.5, 0.6, 0.7, 0.9], [0.6, 0.3], fast=("enumerate", "mvd", "reinforce")))
+    [0.1, 0.3, 0.5, 0.6, 0.7, 0.9], [0.6, 0.3],
+    fast=(("enumerate", 0.6), ("mvd", 0.6), ("reinforce", 0.6))))
 def test_flip_identity(strategy, p):
     """E[x], x ~ flip(p): d/dp = 1 (flip_enum exact; flip_mvd, flip_reinforce converge)."""
     def guide():
@@ -208,22 +212,38 @@ def test_flip_identity(strategy, p):
     check(guide, strategy, ["x"], {"p": p}, {"p": 1.0}, exact_value=p)
 
 
-@pytest.mark.parametrize("strategy", strategy_params(fast=("enumerate", "mvd")))
-def test_flip_batched(strategy):
-    """modular_vmap of flips over ps = [0.2, 0.4, 0.7, 0.9], Σ x: gradient ones (one plate site)."""
+PLATE_SUM_OUTSIDE = ("enumerate/mvd on a plated site whose cost sums the plate outside it "
+                     "(factor of Σ_i x_i): gradient 0 instead of 1, no error")
+
+
+@pytest.mark.parametrize("cost_in_plate,strategy", [
+    pytest.param(inside, p.values[0], id=f"{'inside' if inside else 'outside'}-{p.id}",
+                 marks=list(p.marks) + ([xf(PLATE_SUM_OUTSIDE)] if not inside and p.values[0]
+                                        in ("enumerate", "mvd") else []))
+    for inside in (False, True)
+    for p in strategy_params(fast=("mvd",) if inside else ("enumerate",))])
+def test_flip_batched(strategy, cost_in_plate):
+    """modular_vmap of flips over ps = [0.2, 0.4, 0.7, 0.9], Σ x: gradient ones (one plate site).
+
+    GenJAX sums the batch after the vmap (``outside``); ``inside``: the per-element
+    cost inside the plate (the plate sums it).
+    """
     ps = jnp.array([0.2, 0.4, 0.7, 0.9])
 
     def guide():
         q = numpyro.param("ps", ps)
         with numpyro.plate("batch", 4):
             x = numpyro.sample("x", dist.Bernoulli(probs=q))
-        numpyro.factor("cost", jnp.sum(x.astype(jnp.float32), -1))
+            if cost_in_plate:
+                numpyro.factor("cost", x.astype(jnp.float32))
+        if not cost_in_plate:
+            numpyro.factor("cost", jnp.sum(x.astype(jnp.float32), -1))
 
     check(guide, strategy, ["x"], {"ps": ps}, {"ps": np.ones(4)}, exact_value=float(ps.sum()))
 
 
-@pytest.mark.parametrize("strategy", [
-    pytest.param("reinforce", marks=[]), pytest.param("default", marks=SLOW)])
+@pytest.mark.parametrize("strategy", [pytest.param(s, marks=SLOW)
+                                      for s in ("reinforce", "default")])
 def test_geometric_reinforce(strategy):
     """E[x], x ~ Geometric(p) (failures before the first success): (1 − p)/p; d/dp = −1/p²."""
     p = 0.3
@@ -239,11 +259,11 @@ def test_geometric_reinforce(strategy):
 # --------------------------------------------------------------------------- probcomp, normals
 
 
-@pytest.mark.parametrize("strategy", ["default", "reinforce"])
+@pytest.mark.parametrize("strategy", ["default", pytest.param("reinforce", marks=SLOW)])
 @pytest.mark.parametrize("cost,mu,sigma,grads", [
-    ("x", 2.0, 1.0, {"mu": 1.0, "sigma": 0.0}),        # linear_convergence
-    ("3x", 0.5, 1.0, {"mu": 3.0, "sigma": 0.0}),       # unbiasedness (reparam part)
-    ("x2", 1.0, 1.0, {"mu": 2.0, "sigma": 2.0}),       # quadratic: E[x²] = μ² + σ²
+    pytest.param("x", 2.0, 1.0, {"mu": 1.0, "sigma": 0.0}, marks=SLOW),  # linear_convergence
+    pytest.param("3x", 0.5, 1.0, {"mu": 3.0, "sigma": 0.0}, marks=SLOW),  # unbiasedness
+    pytest.param("x2", 1.0, 1.0, {"mu": 2.0, "sigma": 2.0}, marks=SLOW),  # E[x²] = μ² + σ²
     ("x2", 1.0, 0.5, {"mu": 2.0, "sigma": 1.0}),
 ], ids=["linear", "linear3", "quadratic", "quadratic-0.5"])
 def test_normal(strategy, cost, mu, sigma, grads):
@@ -259,7 +279,7 @@ def test_normal(strategy, cost, mu, sigma, grads):
     check(guide, strategy, ["x"], {"mu": mu, "sigma": sigma}, grads, n=4000)
 
 
-@pytest.mark.parametrize("strategy", ["default", "reinforce"])
+@pytest.mark.parametrize("strategy", ["default", pytest.param("reinforce", marks=SLOW)])
 def test_multivariate_normal(strategy):
     """E[Σ x²], x ~ MVN(μ, diag(c)): Σ μ² + Σ c; grads 2μ and ones."""
     mu = jnp.array([0.5, -0.3])
@@ -288,6 +308,7 @@ def test_uniform_reparam():
           {"low": 1.0 / 3.0, "high": 2.0 / 3.0}, exact_value=1.0 / 3.0)
 
 
+@SLOW
 def test_uniform_reinforce_finite():
     """GenJAX only asks for finite gradients: REINFORCE ignores the moving support, so it is
     biased for U(low, high); stackvi may also refuse the claim (an error naming the site)."""
@@ -331,6 +352,7 @@ def test_mixed_estimators(strategy):
     check(guide, strategy, ["y"], params, exact)
 
 
+@SLOW
 def test_mixed_reparam_reinforce():
     """x1 ~ normal_reparam(θ0, 1), x2 ~ normal_reinforce(θ1, 0.5), E[x1 + x2]: grads (1, 1)."""
     def guide():
@@ -371,7 +393,8 @@ def test_flip_mvd_with_mv_normal(strategy):
         y = numpyro.sample("y", mvn)
         numpyro.factor("cost", dist.Bernoulli(probs=q).log_prob(b) + mvn.log_prob(y))
 
-    check(guide, strategy, ["b"], {"p": p}, {"p": float(np.log(p / (1 - p)))}, n=4000)
+    check(guide, strategy, ["b"], {"p": p}, {"p": float(np.log(p / (1 - p)))}, n=4000,
+          stochastic=True)
 
 
 # --------------------------------------------------------------------------- ELBO cases
@@ -398,6 +421,7 @@ def test_simple_elbo_gradient_normal_reparam():
     assert_unbiased(grads["theta"], 5.5, "grad theta")
 
 
+@SLOW
 def test_multivariate_elbo_gradient():
     """target MVN([0, 1], I), family MVN(θ, 0.5 I), no data: ELBO = −KL; ∇θ = −(θ − [0, 1])."""
     from stackvi import estimators

