@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["FitResult", "CheckpointError", "save", "load", "restore", "read_meta",
-           "fingerprint", "atomic_write", "parse_every"]
+           "fingerprint", "atomic_write", "remove_temporaries", "parse_every"]
 
 FORMAT, VERSION, META = "stackvi-checkpoint", 1, "__meta__"
 DEFAULT_CHECKPOINT_EVERY = "30s"
@@ -130,6 +130,19 @@ def atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def remove_temporaries(path: str | Path) -> list[Path]:
+    """Delete what :func:`atomic_write` left next to ``path`` when a process was killed mid-write.
+
+    Only call it while no other process writes ``path`` (``fit`` does, before its first write).
+    """
+    path = Path(path)
+    stale = list(path.parent.glob(f".{path.name}.*.tmp"))
+    for t in stale:
+        with suppress(OSError):
+            t.unlink()
+    return stale
 
 
 def _treedef_str(tree) -> str:

@@ -59,6 +59,7 @@ from stackvi.checkpoint import (
     FitResult,
     load,
     parse_every,
+    remove_temporaries,
     restore,
     save,
 )
@@ -199,6 +200,8 @@ def fit(
     every_steps, every_s = (None, None) if checkpoint is None else parse_every(
         checkpoint_every if checkpoint_every is not None else DEFAULT_CHECKPOINT_EVERY)
     init_key, base_key = jax.random.split(rng_key)
+    if checkpoint is not None:
+        remove_temporaries(checkpoint)  # half-written files of a killed earlier run
 
     history = [np.zeros(0, jnp.zeros(0).dtype)]
     if resume is None:

@@ -189,6 +189,10 @@ def test_sigkill_during_large_writes_never_leaves_an_unreadable_file(tmp_path, k
             assert i >= 1 and float(r.params["w"][-1]) == i and float(r.history[0]) == i
             last = max(last, i)
     assert last >= 1  # at least one write completed
+    from stackvi.checkpoint import remove_temporaries
+
+    remove_temporaries(path)  # what fit does first: killed writes leave nothing behind
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
 
 
 # --------------------------------------------------------------------------- unsafe files
