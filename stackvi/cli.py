@@ -234,8 +234,12 @@ def fit_job(a: argparse.Namespace, argv: Sequence[str] = ()) -> int:
               flush=True)
         return _run(a, out, objective, optimizer, args, kwargs, summary, bundled)
     except KeyboardInterrupt as e:
+        from stackvi.checkpoint import read_meta
+
         ckpt = getattr(e, "checkpoint", None)
-        done = len(e.result.history) if getattr(e, "result", None) is not None else None
+        if ckpt is None and (out / CHECKPOINT).exists():  # e.g. Ctrl-C while plotting
+            ckpt = out / CHECKPOINT
+        done = read_meta(ckpt)["step"] if ckpt is not None else 0
         summary.update(status="interrupted", steps_done=done, checkpoint=ckpt,
                        resume=f"stackvi fit --resume {out}" if ckpt else None)
         _write_json(out / SUMMARY, summary)
