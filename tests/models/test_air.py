@@ -232,16 +232,18 @@ GRADIENT_CASES = {
     "reinforce": ("elbo", None),
     "reinforce+baseline": ("elbo", None),
     "enum": ("elbo", None),
-    "mvd": ("elbo", "stackvi: MVD on z_pres_1, whose guide params depend on the MVD "
-                    "branch of z_pres_0, raises ValueError: term 'p:z_pres_1' depends on mvd "
-                    "site 'z_pres_1' but not along its plate(s) ['mvd:z_pres_0']"),
+    # Before the gradient-layer redesign (0a5a2b4) MVD on z_pres_1, whose guide params
+    # depend on the MVD branch of z_pres_0, raised ValueError: term 'p:z_pres_1' depends
+    # on mvd site 'z_pres_1' but not along its plate(s) ['mvd:z_pres_0'].
+    "mvd": ("elbo", None),
     "hybrid": ("elbo", "stackvi: enumerating z_pres_1 downstream of MVD z_pres_0 raises "
                        "ValueError: term 'p:z_pres_1' depends on the enumerated/branched site of"
                        " axis 'enum:z_pres_1' but not along its plate 'mvd:z_pres_0'"),
     "iwae+reinforce": ("iwae", None),
     "iwae+mvd": ("iwae", "stackvi: mvd/enumerate need a linear (Terms) objective; iwae raises "
-                         "ValueError: sites [...] are claimed by enumerate/mvd, which need an "
-                         "objective whose value is Terms"),
+                         "ValueError: sites ['z_pres_0', 'z_pres_1'] are claimed by a strategy "
+                         "that lays out their values along an axis (enumerate, mvd), which needs"
+                         " an objective whose value is Terms"),
     "iwae+hybrid": ("iwae", "as iwae+mvd: enumerate/mvd with a nonlinear objective is a "
                             "ValueError in stackvi"),
     "rws": ("rws", None),
