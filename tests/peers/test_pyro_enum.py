@@ -51,6 +51,11 @@ pyramid / non-tree gradients, mixture_of_diag_normals, compute_marginals,
 backward sampling, vectorized importance (not ELBO gradients, or need
 Pyro-only distributions/contractions: MixtureOfDiagNormals, Vindex,
 TraceEnum_ELBO.compute_marginals).
+
+Status: written against stackvi at commit 12aa282 (the gradient layer before its
+redesign). Known failures are strict xfails whose reasons name the bug. Not every
+slow-marked case could be run in the porting session (a loaded 2-core machine);
+cases never run are unmarked, so a first ``-m slow`` run may still turn some red.
 """
 
 from __future__ import annotations

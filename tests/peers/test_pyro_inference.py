@@ -27,6 +27,11 @@ ShapeAugmentedGamma (no stackvi counterpart; NumPyro's Gamma is reparameterized
 already), TestFixedModelGuide (``poutine.block`` of param sites: a handler
 test, not a gradient one), do_fit_prior_test (fits the prior by a
 guide-only model, the same gradients), test_reparam_stable.
+
+Status: written against stackvi at commit 12aa282 (the gradient layer before its
+redesign). Known failures are strict xfails whose reasons name the bug. Not every
+slow-marked case could be run in the porting session (a loaded 2-core machine);
+cases never run are unmarked, so a first ``-m slow`` run may still turn some red.
 """
 
 from __future__ import annotations

@@ -30,6 +30,11 @@ distribution (expressed as the ``reinforce`` strategy instead),
 sequential enumeration and num_samples, shape assertions on Pyro's enumeration
 layout (stackvi's layout is its own), enum_recycling_dbn and the Stable/
 reparam cases.
+
+Status: written against stackvi at commit 12aa282 (the gradient layer before its
+redesign). Known failures are strict xfails whose reasons name the bug. Not every
+slow-marked case could be run in the porting session (a loaded 2-core machine);
+cases never run are unmarked, so a first ``-m slow`` run may still turn some red.
 """
 
 from __future__ import annotations
