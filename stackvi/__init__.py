@@ -22,7 +22,17 @@ differentiated; an objective is a program over those effects whose
 True
 """
 
-from stackvi import baselines, estimators, handlers, marginal, primitives, report, sharding
+from stackvi import (
+    baselines,
+    estimators,
+    gradients,
+    handlers,
+    marginal,
+    primitives,
+    report,
+    sharding,
+)
+from stackvi.axes import PARTICLES
 from stackvi.estimators import Objective
 from stackvi.fit import FitResult, fit
 from stackvi.primitives import (
@@ -40,7 +50,9 @@ __version__ = "0.1.0"
 __all__ = [
     "baselines",
     "estimators",
+    "gradients",
     "handlers",
+    "PARTICLES",
     "marginal",
     "primitives",
     "report",

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import stackvi as sv
+from stackvi.axes import PARTICLES
 from stackvi.baselines import Baseline, LeaveOneOut, MovingAverage, resolve
 from stackvi.baselines import _EMAState as EMAState
 from stackvi.estimators import Objective, particles
@@ -46,10 +47,10 @@ def rebar_particles(toy: RebarToy, guide, k: int, scalar: bool = False) -> Objec
 
 def test_leave_one_out_exact():
     signal = jnp.array([[1.0, 2.0, 3.0], [0.0, 0.0, 6.0]])
-    b, state = LeaveOneOut()(signal, ("data", "particles"), ())
+    b, state = LeaveOneOut()(signal, ("data", PARTICLES), ())
     np.testing.assert_allclose(b, [[2.5, 2.0, 1.5], [3.0, 3.0, 0.0]])
     assert state == ()
-    b1, _ = LeaveOneOut()(jnp.array([[4.0]]), ("data", "particles"), ())
+    b1, _ = LeaveOneOut()(jnp.array([[4.0]]), ("data", PARTICLES), ())
     assert b1.tolist() == [[0.0]]  # one particle: nothing to leave out, plain REINFORCE
     with pytest.raises(ValueError, match="particle axis 'particles'.*num_particles"):
         LeaveOneOut()(signal, ("data",), ())

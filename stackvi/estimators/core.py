@@ -52,7 +52,7 @@ from stackvi.gradients.records import SiteRecord, current_recorder, recording
 from stackvi.gradients.scoring import model_density, score_model
 from stackvi.gradients.strategy import simulate
 from stackvi.gradients.surrogate import estimate as _estimate
-from stackvi.gradients.surrogate import surrogate
+from stackvi.gradients.surrogate import scalar_value, surrogate
 from stackvi.handlers.density import trace_terms
 from stackvi.handlers.enumerate import enum_scope
 from stackvi.sharding import constrain_particles
@@ -247,6 +247,8 @@ class Objective:
         subs = _substitute_params(params=params)
         with subs, recording() as rec:
             value = seed(self.program, rng_key)(*args, **kwargs)
+        if not isinstance(value, (Terms, LearningSignal)):
+            scalar_value(value)  # a program's value is checked before anything it leaves unused
         unknown = sorted(set(params) - subs.used)
         if unknown:
             raise ValueError(

@@ -106,8 +106,8 @@ def check_terms(value, records) -> Terms:
         return value
     sites = sorted({r.name for r in records if r.axis is not None})
     raise ValueError(
-        f"sites {sites} are claimed by a strategy that lays out their values along an axis "
-        "(enumerate, mvd), which needs an objective whose value is Terms (linear in the "
+        f"sites {sites} are claimed by enumerate/mvd (or another strategy that lays out values "
+        "along an axis of its own), which needs an objective whose value is Terms (linear in the "
         "log-densities, e.g. estimators.elbo); this objective returns a scalar "
         "(a nonlinear function of the particles). Use reinforce for these sites with a "
         "nonlinear objective (iwae, renyi, vimco)."

@@ -97,7 +97,9 @@ def summed_out(model: Callable, model_trace: dict, guide_trace: dict, hidden: li
 
     alias = {a: f"__stackvi_{i}" for i, a in enumerate(axes.values())}
     unalias = {v: k for k, v in alias.items()}
-    sum_vars = frozenset(hidden)
+    # scan's enumeration unrolls its first step(s) as "_PREV_<site>": summed out too
+    sum_vars = frozenset(n for n, site in tr.items() if site["type"] == "sample"
+                         and not site["is_observed"] and shift_name(n, -get_shift(n)) in hidden)
     plates: set[str] = set()
     plain, factors = [], []  # factors: (funsor, scale, site names)
     time_to_factors: dict = defaultdict(list)

@@ -101,7 +101,7 @@ def _check(model_trace: dict, guide_trace: dict) -> None:
         if got != expected:
             # enumerate/mvd lay values out along extra dims left of the plates; sites
             # downstream of them broadcast along those dims too.
-            got, expected = _trailing(got, expected)
+            got, expected = _trailing(got, expected, len(site["fn"].event_shape))
         if got != expected:
             raise ValueError(
                 f"site '{name}': the guide's value has shape {got} ({type(gsite['fn']).__name__})"
@@ -138,7 +138,7 @@ def _check_observed(site: dict) -> None:
         ) from None
 
 
-def _trailing(got: tuple, expected: tuple) -> tuple[tuple, tuple]:
+def _trailing(got: tuple, expected: tuple, event_dim: int = 0) -> tuple[tuple, tuple]:
     """Compare shapes where an enumeration scope added dims on the left (1s broadcast).
 
     Dims the guide's value has beyond the model's must be size 1 or dims that
@@ -154,7 +154,8 @@ def _trailing(got: tuple, expected: tuple) -> tuple[tuple, tuple]:
     ok = all(a == b or a == 1 or b == 1 for a, b in zip(g, e, strict=True))
     longer = got if len(got) > len(expected) else expected
     extra = longer[:len(longer) - n]
-    ok = ok and all(size == 1 or (i - len(longer)) in scope.names
+    # scope dims count batch dims (right of them: the event dims)
+    ok = ok and all(size == 1 or (i - len(longer) + event_dim) in scope.names
                     for i, size in enumerate(extra))
     return (e, e) if ok else (got, expected)
 

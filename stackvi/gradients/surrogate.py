@@ -44,12 +44,12 @@ from stackvi.gradients.records import SiteRecord
 from stackvi.gradients.strategy import lookup
 from stackvi.terms import Term, Terms, align
 
-__all__ = ["surrogate", "estimate", "Signals"]
+__all__ = ["surrogate", "estimate", "Signals", "scalar_value"]
 
 sg = jax.lax.stop_gradient
 
 
-def _scalar(value) -> jax.Array:
+def scalar_value(value) -> jax.Array:
     if isinstance(value, (Terms, LearningSignal)):
         return value.total()
     total = jnp.asarray(value)
@@ -84,12 +84,12 @@ class Signals:
     def total(self) -> jax.Array:
         if self.exact:
             return expected_total(self.value, self.records)
-        return _scalar(self.value)
+        return scalar_value(self.value)
 
     def pathwise(self) -> jax.Array:
         """The value, differentiable along reparameterized paths and enumeration weights."""
         if not self.linear:
-            return _scalar(self.value)
+            return scalar_value(self.value)
         out = jnp.zeros(())
         for t in self.value.terms:
             array = sg(t.array) if t.source is not None and t.source in self.detached else t.array
@@ -110,7 +110,7 @@ class Signals:
         if isinstance(self.value, LearningSignal):
             return sg(self.value.for_node(lp.names, lp.array.shape))
         if not self.linear:
-            return sg(jnp.broadcast_to(_scalar(self.value), lp.array.shape))
+            return sg(jnp.broadcast_to(scalar_value(self.value), lp.array.shape))
         if self.exact:
             array, names = select(lp.array, lp.names, self.branches)
             out = jnp.zeros(array.shape)
@@ -210,7 +210,7 @@ def estimate(value, records: list[SiteRecord]) -> jax.Array:
     try:
         if needs_contraction(records):
             return expected_total(value, records)
-        return _scalar(value)
+        return scalar_value(value)
     except jax.errors.UnexpectedTracerError as err:
         raise ValueError(_LEAK) from err
 

@@ -14,7 +14,6 @@ import pytest
 from stackvi import estimators, handlers
 from tests.conftest import assert_unbiased, per_key
 
-
 X = jnp.array([1.2, 2.1])
 
 

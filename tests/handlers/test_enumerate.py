@@ -16,9 +16,9 @@ from numpyro.handlers import seed
 
 from stackvi import estimators
 from stackvi.estimators import log_weight
+from stackvi.gradients import enum_axis, recording
 from stackvi.handlers import configure, strategies
 from stackvi.handlers import enumerate as enum
-from stackvi.gradients import enum_axis, recording
 
 X = jnp.array([0.4, 1.9, -0.7])
 
@@ -94,10 +94,10 @@ def test_layout_dims_and_names():
     with recording() as rec:
         terms = seed(lw, 0)(X)
     by_label = {t.label: t for t in terms.terms}
-    assert by_label["q:z1"].names == ("enum:z1", "data")
+    assert by_label["q:z1"].names == (enum_axis("z1"), "data")
     assert by_label["q:z1"].array.shape == (2, 3)
-    assert set(by_label["q:z2"].names) == {"enum:z1", "enum:z2", "data"}
-    assert set(by_label["p:x"].names) == {"enum:z1", "enum:z2", "data"}
+    assert set(by_label["q:z2"].names) == {enum_axis("z1"), enum_axis("z2"), "data"}
+    assert set(by_label["p:x"].names) == {enum_axis("z1"), enum_axis("z2"), "data"}
     assert [n.kind for n in rec.records] == ["enumerate", "enumerate"]
     assert [n.axis for n in rec.records] == [enum_axis("z1"), enum_axis("z2")]
 

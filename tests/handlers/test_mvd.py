@@ -14,8 +14,8 @@ from numpyro.handlers import seed
 
 from stackvi import estimators
 from stackvi.estimators import log_weight
-from stackvi.handlers import mvd
 from stackvi.gradients import Axis, recording
+from stackvi.handlers import mvd
 from tests.conftest import NormalNormal, assert_lower_variance, assert_unbiased, keys
 
 

@@ -24,8 +24,8 @@ import pytest
 from numpyro.contrib.control_flow import scan
 from numpyro.handlers import condition, seed, trace
 
-from stackvi.handlers.smc import smc_filter, smc_marginalize
 from stackvi.gradients import recording
+from stackvi.handlers.smc import smc_filter, smc_marginalize
 from stackvi.models.state_space import (
     OBS_VAR,
     hmm_forward,

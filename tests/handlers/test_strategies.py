@@ -16,8 +16,8 @@ import pytest
 from numpyro.handlers import seed
 
 from stackvi import baselines
-from stackvi.handlers import configure, reinforce, reparam, simulate, strategies
 from stackvi.gradients.records import _RECORDERS, recording
+from stackvi.handlers import configure, reinforce, reparam, simulate, strategies
 
 
 def guide(loc=0.0, infer=None):
