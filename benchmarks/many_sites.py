@@ -54,6 +54,13 @@ recorded, with "+ uncommitted changes" when ``stackvi/`` differs from it);
 ``--rev REV`` measures a clean ``git archive`` snapshot of ``REV`` instead
 (put first on the workers' ``PYTHONPATH``).
 
+On a loaded machine a sweep can be finished in pieces: ``--json`` saves a
+run's rows, ``--reuse FILE[:LIBS]`` takes rows from earlier runs instead of
+measuring them again (marked * in the table), ``--compare FILE`` adds the
+stackvi rows of a run on another commit as a second series (before/after a
+change), ``--deadline HH:MM`` stops measuring at that time and ``--note`` adds
+a sentence to the docs section.
+
     python benchmarks/many_sites.py [--sizes 10,20,40,80,160] [--rev HEAD] [--write-docs]
 
 ``--write-docs`` replaces the ``<!-- BEGIN many_sites -->`` section of
@@ -262,52 +269,59 @@ def _fmt(x, spec):
     return "" if x is None else format(x, spec)
 
 
-def table(results: dict[tuple[str, int], dict], sizes: list[int]) -> str:
+def table(results: dict[tuple[str, int], dict], sizes: list[int],
+          series: list[tuple[str, str]] | None = None) -> str:
+    """The markdown tables; ``series`` lists ``(results key, label)``, NumPyro last."""
+    series = series or [(lib, LABEL[lib]) for lib in LIBS]
+    label = dict(series)
     lines = [
         "| N | library | lower wall / CPU (s) | compile wall / CPU (s) | peak RSS (MB) "
         "| HLO ops | HLO adds | StableHLO ops | step (ms) | load |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in sizes:
-        for lib in LIBS:
+        for lib, _ in series:
             r = results.get((lib, n))
             if r is None:
-                lines.append(f"| {n} | {LABEL[lib]} | skipped (smaller N hit the limit) "
+                lines.append(f"| {n} | {label[lib]} | skipped (smaller N hit the limit) "
                              "| | | | | | | |")
             elif "failed" in r:
                 mark = " *" if r.get("reused") else ""
                 seen = (f"{r['rss_seen_gb'] * 1024:.0f} (seen)" if r.get("rss_seen_gb") else "")
-                lines.append(f"| {n} | {LABEL[lib]}{mark} | | {r['failed']} | {seen} | | | | | |")
+                lines.append(f"| {n} | {label[lib]}{mark} | | {r['failed']} | {seen} | | | | | |")
             else:
                 mark = " *" if r.get("reused") else ""
                 lines.append(
-                    f"| {n} | {LABEL[lib]}{mark} | {r['lower_s']:.1f} / {r['lower_cpu_s']:.1f} "
+                    f"| {n} | {label[lib]}{mark} | {r['lower_s']:.1f} / {r['lower_cpu_s']:.1f} "
                     f"| {r['compile_s']:.1f} / {r['compile_cpu_s']:.1f} "
                     f"| {r['rss_peak_mb']:.0f} | {r['ops']} | {r['adds']} | {r['stablehlo_ops']} "
                     f"| {r['step_s'] * 1e3:.3f} | {r['load']:.1f} |")
     lines += ["", "Ratios stackvi / NumPyro (same N):", "",
-              "| N | lower CPU | compile CPU | compile wall | peak RSS | HLO ops | HLO adds "
-              "| step |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| N | stackvi | lower CPU | compile CPU | compile wall | peak RSS | HLO ops "
+              "| HLO adds | step |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for n in sizes:
-        s, p = results.get(("stackvi", n)), results.get(("numpyro", n))
-        if not s or not p or "failed" in p:
-            continue
-        if "failed" in s:
-            lines.append(f"| {n} | | {s['failed']} vs {p['compile_cpu_s']:.1f} s | | | | | |")
-            continue
-        lines.append(
-            f"| {n} | {s['lower_cpu_s'] / p['lower_cpu_s']:.2f} "
-            f"| {s['compile_cpu_s'] / p['compile_cpu_s']:.2f} "
-            f"| {s['compile_s'] / p['compile_s']:.2f} "
-            f"| {s['rss_peak_mb'] / p['rss_peak_mb']:.2f} | {s['ops'] / p['ops']:.2f} "
-            f"| {s['adds'] / p['adds']:.2f} | {s['step_s'] / p['step_s']:.2f} |")
+        p = results.get(("numpyro", n))
+        for lib, _ in series:
+            s = results.get((lib, n))
+            if lib == "numpyro" or not s or not p or "failed" in p:
+                continue
+            if "failed" in s:
+                lines.append(f"| {n} | {label[lib]} | | {s['failed']} vs "
+                             f"{p['compile_cpu_s']:.1f} s | | | | | |")
+                continue
+            lines.append(
+                f"| {n} | {label[lib]} | {s['lower_cpu_s'] / p['lower_cpu_s']:.2f} "
+                f"| {s['compile_cpu_s'] / p['compile_cpu_s']:.2f} "
+                f"| {s['compile_s'] / p['compile_s']:.2f} "
+                f"| {s['rss_peak_mb'] / p['rss_peak_mb']:.2f} | {s['ops'] / p['ops']:.2f} "
+                f"| {s['adds'] / p['adds']:.2f} | {s['step_s'] / p['step_s']:.2f} |")
     lines += ["", "Growth exponents (slope of log quantity vs log N; all completed N / "
               "between the two largest completed N):", "",
               "| library | N fitted | lower CPU | compile CPU | compile wall "
-              "| peak RSS above setup | HLO ops | HLO adds | step |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for lib in LIBS:
+              "| peak RSS above setup | HLO ops | HLO adds | StableHLO ops | step |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for lib, _ in series:
         done = [results[(lib, n)] for n in sizes
                 if (lib, n) in results and "failed" not in results[(lib, n)]]
         ns = [r["n"] for r in done]
@@ -318,11 +332,11 @@ def table(results: dict[tuple[str, int], dict], sizes: list[int]) -> str:
             return f"{_fmt(whole, '.2f')} / {_fmt(local, '.2f')}"
 
         lines.append(
-            f"| {LABEL[lib]} | {','.join(map(str, ns))} | {cell(lambda r: r['lower_cpu_s'])} "
+            f"| {label[lib]} | {','.join(map(str, ns))} | {cell(lambda r: r['lower_cpu_s'])} "
             f"| {cell(lambda r: r['compile_cpu_s'])} | {cell(lambda r: r['compile_s'])} "
             f"| {cell(lambda r: r['rss_peak_mb'] - r['rss_setup_mb'])} "
             f"| {cell(lambda r: r['ops'])} | {cell(lambda r: r['adds'])} "
-            f"| {cell(lambda r: r['step_s'])} |")
+            f"| {cell(lambda r: r['stablehlo_ops'])} | {cell(lambda r: r['step_s'])} |")
     return "\n".join(lines)
 
 
@@ -403,6 +417,8 @@ def main(argv=None) -> None:
                     help="a --json file of an earlier run (repeatable; later files win): take "
                     "its rows (of LIBS only, e.g. FILE:numpyro) instead of measuring them again; "
                     "marked * in the table. Rows that hit a limit are taken too, crashes not")
+    ap.add_argument("--compare", help="a --json file of an earlier run on another commit: its "
+                    "stackvi rows are shown as a second stackvi series (e.g. before a change)")
     ap.add_argument("--note", default="", help="a sentence added to the docs section")
     ap.add_argument("--deadline", help="HH:MM UTC: kill the configuration running then and "
                     "skip the rest (the table is still written)")
@@ -419,8 +435,10 @@ def main(argv=None) -> None:
         return
 
     commit, a.src = source(a.rev)
-    a.command = "python benchmarks/many_sites.py " + shlex.join(
-        sys.argv[1:] if argv is None else argv)
+    shown = list(sys.argv[1:] if argv is None else argv)
+    if a.note and a.note in shown:  # the note is printed after the command, not in it
+        shown[shown.index(a.note)] = "..."
+    a.command = "python benchmarks/many_sites.py " + shlex.join(shown)
     reuse = {}
     for spec in a.reuse:
         path, _, libs = spec.partition(":")
@@ -461,14 +479,26 @@ def main(argv=None) -> None:
     load_end = os.getloadavg()[0]
     setups = [r["rss_setup_mb"] for r in results.values() if "rss_setup_mb" in r]
     a.setup_mb = statistics.median(setups) if setups else float("nan")
-    body = table(results, a.sizes)
+    series = [(lib, LABEL[lib]) for lib in a.libs]
+    if a.compare:
+        with open(a.compare) as f:
+            other = json.load(f)
+        key = f"stackvi@{other['commit']}"
+        series = [("stackvi", f"stackvi reinforce `{commit.split()[0]}`"),
+                  (key, f"stackvi reinforce `{other['commit']}`"), ("numpyro", LABEL["numpyro"])]
+        results.update({(key, r["n"]): {**r, "reused": False, "compared": True}
+                        for r in other["results"] if r["lib"] == "stackvi" and r["n"] in a.sizes})
+        a.note = (f"Rows `stackvi reinforce `{other['commit']}`` are the stackvi rows of that "
+                  f"commit's table (`--compare`). " + a.note).strip()
+    body = table(results, a.sizes, series)
     row_loads = [r["load"] for r in results.values() if "load" in r] or [load_start, load_end]
     text = section(body, commit, (min(row_loads), max(row_loads)), a, results)
     print(text)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"commit": commit, "loads": [load_start, load_end],
-                       "results": list(results.values())}, f, indent=1)
+                       "results": [r for r in results.values() if not r.get("compared")]},
+                      f, indent=1)
     if a.src:
         import shutil
 
