@@ -149,7 +149,7 @@ def test_empty_model_empty_guide_ok():
     assert_ok(model, guide, exact=0.0)
 
 
-@pytest.mark.parametrize("where", ["model", "guide"])
+@pytest.mark.parametrize("where", ["model", pytest.param("guide", marks=SLOW)])
 def test_variable_clash_error(where):
     """Pyro's variable_clash_in_model_error and variable_clash_in_guide_error."""
     def once():
@@ -466,7 +466,8 @@ SIZE1_PLATES = ("enumerate on crossed/non-nested plates: size-1 enum dims raise 
                 "'must live in the same plate' error")
 
 
-@pytest.mark.parametrize("strategy", ["default", pytest.param("enumerate", marks=xf(SIZE1_PLATES))])
+@pytest.mark.parametrize("strategy", [pytest.param("default", marks=SLOW),
+                                      pytest.param("enumerate", marks=xf(SIZE1_PLATES))])
 def test_plate_reuse_ok(strategy):
     def model():
         p = 0.5
@@ -536,7 +537,8 @@ def test_nested_plate_plate_subsample_param_ok(strategy):
     assert_ok(model, guide, strategy)
 
 
-@pytest.mark.parametrize("strategy", ["default", pytest.param("enumerate", marks=xf(SIZE1_PLATES))])
+@pytest.mark.parametrize("strategy", [pytest.param("default", marks=SLOW),
+                                      pytest.param("enumerate", marks=xf(SIZE1_PLATES))])
 def test_nonnested_plate_plate_ok(strategy):
     def model():
         p = 0.5
