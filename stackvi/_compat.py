@@ -24,7 +24,7 @@ import numpyro.distributions as dist
 from jax.scipy.special import gammaln
 from numpyro.distributions.distribution import ExpandedDistribution, Independent, MaskedDistribution
 
-__all__ = ["log_density", "compute_markov_factors", "get_shift", "shift_name"]
+__all__ = ["log_density", "unmasked", "compute_markov_factors", "get_shift", "shift_name"]
 
 
 def _bernoulli_logits(d, value):
@@ -72,6 +72,21 @@ def _fixed(fn, value):
     if fn._validate_args:  # noqa: SLF001 - keep NumPyro's support check
         fn._validate_sample(value)  # noqa: SLF001
     return _FIXED[type(fn)](fn, value)
+
+
+def unmasked(fn):
+    """``fn`` without NumPyro ``mask`` wrappers (also inside ``expand``/``to_event``).
+
+    A masked site's *cost* is zero, but its value is still drawn from ``fn``: the
+    weights of an enumerated site are those of the normalized distribution.
+    """
+    if isinstance(fn, MaskedDistribution):
+        return unmasked(fn.base_dist)
+    if isinstance(fn, Independent):
+        return Independent(unmasked(fn.base_dist), fn.reinterpreted_batch_ndims)
+    if isinstance(fn, ExpandedDistribution):
+        return unmasked(fn.base_dist).expand(fn.batch_shape)
+    return fn
 
 
 def log_density(fn, value, intermediates=None):

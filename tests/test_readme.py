@@ -35,4 +35,4 @@ def test_readme_setup_commands():
     assert ("python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/stackvi fit"
             in text)
     assert re.search(r"python3 -m venv \.venv && \.venv/bin/pip install -e '\.\[dev\]' && "
-                     r"\.venv/bin/python -m pytest -q -m \"not slow\"", text)
+                     r"\.venv/bin/python -m pytest -q -n 2 -m \"not slow\"", text)

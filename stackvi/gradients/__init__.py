@@ -26,7 +26,13 @@ this API; ``docs/strategies.md`` writes one (:mod:`stackvi.handlers.disarm`).
 
 from stackvi.axes import PARTICLES, Axis, branch_axis, enum_axis
 from stackvi.gradients.branches import allocate_dim, check_plated, lay_out, site_term
-from stackvi.gradients.contract import branch_difference, contract, select
+from stackvi.gradients.contract import (
+    branch_costs,
+    branch_difference,
+    contract,
+    select,
+    upstream_weights,
+)
 from stackvi.gradients.records import SiteRecord, current_recorder, recording
 from stackvi.gradients.strategy import STRATEGIES, Strategy, Trace, claim, register, simulate
 from stackvi.gradients.surrogate import Signals, estimate, surrogate
@@ -58,7 +64,9 @@ __all__ = [
     "check_plated",
     "lay_out",
     "site_term",
+    "branch_costs",
     "branch_difference",
+    "upstream_weights",
     "contract",
     "select",
 ]

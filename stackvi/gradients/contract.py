@@ -34,11 +34,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stackvi.axes import Axis
 from stackvi.gradients.records import SiteRecord
-from stackvi.terms import Names, Terms, align
+from stackvi.terms import Names, Term, Terms, align
 
-__all__ = ["needs_contraction", "expected_total", "contract", "select",
-           "branch_difference"]
+__all__ = ["needs_contraction", "expected_total", "contract", "select", "branch_costs",
+           "upstream_weights", "branch_difference"]
 
 sg = jax.lax.stop_gradient
 
@@ -48,9 +49,16 @@ def needs_contraction(records: list[SiteRecord]) -> bool:
     return any(r.axis is not None for r in records)
 
 
-def weights(records) -> dict:
-    """``axis -> log q(z = k | parents)`` of every enumerated site."""
-    return {r.axis: r.log_prob for r in records if r.axis is not None and r.kind == "enumerate"}
+def weights(records, branches: set | None = None) -> dict:
+    """``axis -> log q(z = k | parents)`` of every enumerated site.
+
+    With ``branches``: at the sample (branch 0) of every branched site, which is
+    what the value and the score terms use; the branch rules take them raw.
+    """
+    out = {r.axis: r.log_prob for r in records if r.axis is not None and r.kind == "enumerate"}
+    if branches:
+        out = {a: Term(w.label, *select(w.array, w.names, branches)) for a, w in out.items()}
+    return out
 
 
 def branch_axes(records) -> set:
@@ -117,37 +125,73 @@ def check_terms(value, records) -> Terms:
 def expected_total(value, records) -> jax.Array:
     """The objective's value: enumerated axes contracted, branch axes at branch 0."""
     value = check_terms(value, records)
-    w, branches = weights(records), branch_axes(records)
+    branches = branch_axes(records)
+    w = weights(records, branches)
     total = jnp.zeros(())
     for t in value.terms:
         total = total + contract([select(t.array, t.names, branches)], w, t.label)
     return total
 
 
-def branch_difference(value: Terms, record: SiteRecord, plus: int, minus: int | None, size: int,
-                      coord, w, branches, own):
-    """Per term: its costs on branch ``plus`` minus branch ``minus`` of ``record``'s axis.
+def branch_costs(value: Terms, record: SiteRecord, weights: dict, branches: set):
+    """The costs of ``value`` that depend on ``record``'s branches, one per term.
 
-    Yields ``(difference, names, label)`` with the branch axis replaced by ``coord``
-    (one entry per branched coordinate); terms that do not depend on the site
-    (no branch axis) are skipped: their difference is 0.
+    Yields ``(array, names, label)``: other branched sites at their sample
+    (branch 0); enumerated sites *downstream* of the record (their weights vary
+    along its branch axis) summed out with those weights, branch by branch, so
+    that ``f⁺ − f⁻`` compares expectations under each branch's own downstream
+    distribution. Terms with no dependence on the record are skipped.
     """
     axis = record.axis
+    down = {a: select(w.array, w.names, branches, keep=axis) for a, w in weights.items()
+            if axis in w.names}
     for t in value.terms:
-        if axis not in t.names:
-            continue
         f, names = select(t.array, t.names, branches, keep=axis)
+        closure = [n for n in names if n in down]
+        todo = list(closure)
+        while todo:
+            for n in down[todo.pop()][1]:
+                if n in down and n not in closure:
+                    closure.append(n)
+                    todo.append(n)
+        if closure:
+            keep = [n for n in names if n not in closure]
+            for a in closure:
+                keep += [n for n in down[a][1] if n not in closure and n not in keep
+                         and isinstance(n, Axis)]
+            sub = {a: Term(str(a), *down[a]) for a in closure}
+            f = contract([(f, names)], sub, t.label, keep=tuple(keep))
+            names = tuple(keep)
+        if axis in names:
+            yield f, names, t.label
+
+
+def upstream_weights(weights: dict, record: SiteRecord, branches: set) -> dict:
+    """Weights of the enumerated sites the record's branches do not change (branch 0 elsewhere)."""
+    return {a: Term(str(a), *select(w.array, w.names, branches))
+            for a, w in weights.items() if record.axis not in w.names}
+
+
+def branch_difference(costs, record: SiteRecord, plus: int, minus: int | None, size: int,
+                      coord, own):
+    """Per cost of :func:`branch_costs`: its value on branch ``plus`` minus branch ``minus``.
+
+    Yields ``(difference, names, label)`` with the branch axis replaced by ``coord``
+    (one entry per branched coordinate).
+    """
+    axis = record.axis
+    for f, names, label in costs:
         missing = [n for n in own if n not in names]
         if missing:
             raise ValueError(
-                f"term '{t.label}' depends on site '{record.name}' but not along its "
+                f"term '{label}' depends on site '{record.name}' but not along its "
                 f"plate(s) {missing}: costs of element i must live in the same plate."
             )
         i = names.index(axis)
         diff = jnp.take(f, branch_index(plus, size), axis=i)
         if minus is not None:
             diff = diff - jnp.take(f, branch_index(minus, size), axis=i)
-        yield diff, names[:i] + (coord,) + names[i + 1:], t.label
+        yield diff, names[:i] + (coord,) + names[i + 1:], label
 
 
 def branch_index(j: int, size: int):

@@ -50,7 +50,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 from numpyro.handlers import infer_config, substitute
 
-from stackvi._compat import compute_markov_factors, get_shift, log_density, shift_name
+from stackvi._compat import compute_markov_factors, get_shift, log_density, shift_name, unmasked
 from stackvi.axes import Axis
 from stackvi.gradients.records import current_recorder
 from stackvi.terms import Term, Terms, site_log_prob
@@ -110,10 +110,15 @@ def summed_out(model: Callable, model_trace: dict, guide_trace: dict, hidden: li
         if site["type"] != "sample":
             continue
         plates |= {f.name for f in site["cond_indep_stack"] if f.dim is not None}
-        lp = log_density(site["fn"], site["value"], site.get("intermediates"))
-        mask = site.get("mask")
-        if mask is not None and mask is not True:
-            lp = jnp.where(mask, lp, 0.0)
+        if name in sum_vars:
+            # a summed-out site's own factor is its measure: the normalized distribution,
+            # masked or not (a mask zeroes costs, it does not unnormalize the sum)
+            lp = log_density(unmasked(site["fn"]), site["value"])
+        else:
+            lp = log_density(site["fn"], site["value"], site.get("intermediates"))
+            mask = site.get("mask")
+            if mask is not None and mask is not True:
+                lp = jnp.where(mask, lp, 0.0)
         lp = jnp.asarray(lp)
         dim_to_name = OrderedDict()
         for dim, var in site["infer"].get("dim_to_name", {}).items():

@@ -165,6 +165,14 @@ class Strategy(Messenger):
     def gradient(cls, record: SiteRecord, ctx) -> Any:
         return jnp.zeros(())
 
+    @classmethod
+    def gradients(cls, records: list[SiteRecord], ctx) -> Any:
+        """The terms of all of this strategy's records (override to vectorize them)."""
+        out = jnp.zeros(())
+        for record in records:
+            out = out + cls.gradient(record, ctx)
+        return out
+
     # Whether the strategy lays values out along an axis of its own (enumerate, mvd):
     # such sites need the dims an objective hands out, and a linear (Terms) objective.
     owns_value: bool = False

@@ -72,8 +72,9 @@ class Signals:
         self.exact = needs_contraction(records)
         if self.exact:
             self.value = check_terms(value, records)
-            self.weights = weights(records)
             self.branches = branch_axes(records)
+            self.weights = weights(records, self.branches)  # at the branched sites' samples
+            self.raw_weights = weights(records)  # along every branch (branch rules)
         self.linear = isinstance(self.value, Terms)
         self._signals: dict = {}
         # own log q terms that enter the pathwise value detached (see the module docstring)
@@ -120,6 +121,31 @@ class Signals:
             return sg(out)
         return self._batched(record)
 
+    @property
+    def batchable(self) -> bool:
+        """Linear value, nothing enumerated or branched: signals come from one product."""
+        return self.linear and not self.exact
+
+    def _layout_signals(self, names, shape, group):
+        terms = list(self.value.terms)
+        stacked = jnp.stack([jnp.broadcast_to(align(sg(t.array), t.names, names), shape)
+                             for t in terms])
+        mask = np.array([[t.source is None or t.source not in r.upstream for t in terms]
+                         for r in group], dtype=stacked.dtype)
+        return jnp.tensordot(mask, stacked, axes=1)
+
+    def batched_score_terms(self, records: list[SiteRecord]) -> jax.Array:
+        """``Σ_records Σ (log q − sg log q) · sg(L)`` as one expression per layout."""
+        out = jnp.zeros(())
+        layouts: dict = {}
+        for r in records:
+            layouts.setdefault((r.log_prob.names, r.log_prob.array.shape), []).append(r)
+        for (names, shape), group in layouts.items():
+            signals = self._layout_signals(names, shape, group)
+            lp = jnp.stack([r.log_prob.array for r in group])
+            out = out + jnp.sum((lp - sg(lp)) * sg(signals))
+        return out
+
     def _batched(self, record: SiteRecord) -> jax.Array:
         # All records with one layout (axis names) get their signals from one product
         # of a 0/1 (records × terms) matrix with the stacked, aligned terms: the
@@ -127,13 +153,7 @@ class Signals:
         names = record.log_prob.names
         if names not in self._signals:
             group = [r for r in self.records if r.log_prob.names == names]
-            shape = record.log_prob.array.shape
-            terms = list(self.value.terms)
-            stacked = jnp.stack([jnp.broadcast_to(align(sg(t.array), t.names, names), shape)
-                                 for t in terms])
-            mask = np.array([[t.source is None or t.source not in r.upstream for t in terms]
-                             for r in group], dtype=stacked.dtype)
-            signals = jnp.tensordot(mask, stacked, axes=1)
+            signals = self._layout_signals(names, record.log_prob.array.shape, group)
             self._signals[names] = {id(r): signals[i] for i, r in enumerate(group)}
         return self._signals[names][id(record)]
 
@@ -192,8 +212,11 @@ class Signals:
 def _run(value, records, state):
     ctx = Signals(value, records, state)
     out = ctx.pathwise()
+    by_kind: dict = {}
     for record in records:
-        out = out + lookup(record.kind, record.name).gradient(record, ctx)
+        by_kind.setdefault(record.kind, []).append(record)
+    for kind, group in by_kind.items():
+        out = out + lookup(kind, group[0].name).gradients(group, ctx)
     return ctx.total(), out, ctx.new_state
 
 

@@ -38,6 +38,7 @@ from stackvi.gradients import (
     SiteRecord,
     Strategy,
     allocate_dim,
+    branch_costs,
     branch_difference,
     check_plated,
     contract,
@@ -45,6 +46,7 @@ from stackvi.gradients import (
     register,
     select,
     site_term,
+    upstream_weights,
 )
 from stackvi.terms import site_log_prob
 
@@ -121,11 +123,11 @@ class disarm(Strategy):
         logits = select(record.extra[0].array, record.extra[0].names, ctx.branches)
         weight = select(record.extra[1].array, record.extra[1].names, ctx.branches)
         own = [n for n in logits[1] if n != coord and n not in ctx.weights]
+        costs = branch_costs(ctx.value, record, ctx.raw_weights, ctx.branches)
+        up = upstream_weights(ctx.raw_weights, record, ctx.branches)
         acc = jnp.zeros(())
-        # branch_difference(plus=-1 (b), minus=0 (b̃)): f(b) − f(b̃)
-        for diff, names, label in branch_difference(ctx.value, record, -1, 0, 1, coord,
-                                                    ctx.weights, ctx.branches, own):
+        # plus=-1 (b), minus=0 (b̃): f(b) − f(b̃)
+        for diff, names, label in branch_difference(costs, record, -1, 0, 1, coord, own):
             acc = acc + contract([(logits[0] - sg(logits[0]), logits[1]),
-                                  (sg(weight[0]), weight[1]), (sg(diff), names)],
-                                 ctx.weights, label)
+                                  (sg(weight[0]), weight[1]), (sg(diff), names)], up, label)
         return acc

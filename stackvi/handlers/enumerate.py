@@ -42,6 +42,7 @@ import jax
 from numpyro.handlers import block, replay, seed, trace
 
 from stackvi import terms as _terms
+from stackvi._compat import unmasked
 from stackvi.axes import Axis
 from stackvi.gradients.records import SiteRecord
 from stackvi.gradients.strategy import Strategy, register
@@ -211,7 +212,8 @@ class enumerate(Strategy):  # noqa: A001 - the strategy's name, as in the design
     @classmethod
     def record(cls, msg):
         # The weights are q(z = k) itself: no mask, no scale (those act on the costs).
-        weights = site_log_prob({**msg, "scale": None, "mask": None}, label=msg["name"])
+        weights = site_log_prob({**msg, "fn": unmasked(msg["fn"]), "scale": None, "mask": None,
+                                 "intermediates": None}, label=msg["name"])
         return SiteRecord(msg["name"], weights, cls.name, axis=msg["infer"]["_stackvi_axis"])
 
     # Its gradient flows through the weights, which the estimator contracts the value

@@ -49,7 +49,13 @@ from jax import random
 from numpyro.distributions.distribution import ExpandedDistribution, Independent, MaskedDistribution
 
 from stackvi.gradients.branches import check_plated, lay_out, site_term
-from stackvi.gradients.contract import branch_difference, contract, select
+from stackvi.gradients.contract import (
+    branch_costs,
+    branch_difference,
+    contract,
+    select,
+    upstream_weights,
+)
 from stackvi.gradients.records import SiteRecord
 from stackvi.gradients.strategy import Strategy, register
 from stackvi.gradients.strategy import dist_name as _dist_name
@@ -177,15 +183,17 @@ class mvd(Strategy):
     def gradient(cls, record, ctx):
         """``Σ (θ − sg θ) · sg(c · (f⁺ − f⁻))`` per parameter piece, contracted exactly."""
         coord, pieces, size = record.static
+        costs = list(branch_costs(ctx.value, record, ctx.raw_weights, ctx.branches))
+        up = upstream_weights(ctx.raw_weights, record, ctx.branches)
         acc = jnp.zeros(())
         for p, (plus, minus) in enumerate(pieces):
             # θ and c at the other branched sites' samples (branch 0), like the costs
             theta = select(record.extra[2 * p].array, record.extra[2 * p].names, ctx.branches)
             c = select(record.extra[2 * p + 1].array, record.extra[2 * p + 1].names, ctx.branches)
             own = [n for n in theta[1] if n != coord and n not in ctx.weights]
-            for diff, names, label in branch_difference(ctx.value, record, plus, minus, size,
-                                                        coord, ctx.weights, ctx.branches, own):
+            for diff, names, label in branch_difference(costs, record, plus, minus, size, coord,
+                                                        own):
                 acc = acc + contract(
                     [(theta[0] - sg(theta[0]), theta[1]), (sg(c[0]), c[1]), (sg(diff), names)],
-                    ctx.weights, label)
+                    up, label)
         return acc

@@ -126,6 +126,17 @@ class reinforce(Strategy):
     def gradient(cls, record, ctx):
         return ctx.score_term(record)
 
+    @classmethod
+    def gradients(cls, records, ctx):
+        # One vectorized term for all records of one layout (no baseline, linear value):
+        # a per-record term would let XLA recompute the shared signals in every fusion.
+        plain = [r for r in records if r.baseline is None and ctx.batchable]
+        out = ctx.batched_score_terms(plain) if plain else 0.0
+        for record in records:
+            if not (record.baseline is None and ctx.batchable):
+                out = out + ctx.score_term(record)
+        return out
+
 
 class strategies(Messenger):
     """Claim several strategies at once: ``strategies(guide, {"reinforce": ["b"], ...})``.

@@ -504,3 +504,36 @@ def test_enumerate_under_iwae_is_a_clear_error():
     obj = estimators.iwae(model, handlers.enumerate(guide), num_particles=3)
     with pytest.raises(ValueError, match=r"\['b'\].*Terms.*returns a scalar"):
         obj.value_and_grad({"p": jnp.array(0.3)}, jax.random.PRNGKey(0))
+
+
+def test_enumerated_site_downstream_of_mvd_site():
+    """The paper's hybrid: MVD on the first step, enumeration on the next, which depends on it."""
+
+    def model():
+        b0 = numpyro.sample("b0", dist.Bernoulli(0.5))
+        b1 = numpyro.sample("b1", dist.Bernoulli(jnp.where(b0 == 1, 0.6, 0.2)))
+        numpyro.sample("x", dist.Normal(b0 + 2.0 * b1, 1.0), obs=1.4)
+
+    def guide():
+        b0 = numpyro.sample("b0", dist.Bernoulli(numpyro.param("p0", 0.3)))
+        numpyro.sample("b1", dist.Bernoulli(jnp.where(b0 == 1, numpyro.param("p1", 0.7), 0.4)))
+
+    def exact(p0, p1):
+        out = 0.0
+        for b0, b1 in itertools.product([0.0, 1.0], repeat=2):
+            r1 = p1 if b0 else 0.4
+            q = (p0 if b0 else 1 - p0) * (r1 if b1 else 1 - r1)
+            m1 = 0.6 if b0 else 0.2
+            lp = (jnp.log(0.5) + (jnp.log(m1) if b1 else jnp.log1p(-m1))
+                  + dist.Normal(b0 + 2 * b1, 1.0).log_prob(1.4))
+            out = out + q * (lp - jnp.log(q))
+        return out
+
+    guide = handlers.enumerate(handlers.mvd(guide, sites=["b0"]), sites=["b1"])
+    obj = estimators.elbo(model, guide)
+    params = {"p0": jnp.array(0.3), "p1": jnp.array(0.7)}
+    values, grads = per_key(obj, params, N)
+    g0, g1 = jax.grad(exact, argnums=(0, 1))(0.3, 0.7)
+    assert_unbiased(values, exact(0.3, 0.7), "ELBO")
+    assert_unbiased(grads["p0"], g0, "d/dp0 (mvd)")
+    assert_unbiased(grads["p1"], g1, "d/dp1 (enumerate)")

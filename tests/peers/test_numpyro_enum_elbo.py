@@ -2136,10 +2136,6 @@ XFAIL: dict[tuple[str, str], str] = {
         'model-side enumeration of [y] with guide sites [x] under enumerate/mvd: '
         'ValueError cannot be combined in one objective yet (NumPyro allows it)'
     ),
-    ('enumerate_3-auto-scale10', 'reinforce'): (
-        'model-side enumeration applies scale=10 inside the log-sum: value -17.949 vs '
-        'exact -13.816'
-    ),
     ('enumerate_plate_1-auto-masked-scale10', 'default'): (
         'model-side enumeration of [y] with guide sites [x] under enumerate/mvd: '
         'ValueError cannot be combined in one objective yet (NumPyro allows it)'
@@ -2305,10 +2301,6 @@ XFAIL: dict[tuple[str, str], str] = {
     ('model_enum_subsample_1-scale10', 'default'): (
         'model-side enumeration applies scale=10 inside the log-sum: value -36.731 vs '
         'exact -33.844'
-    ),
-    ('plate_plate', 'default'): (
-        'crossed plates: false ValueError term p:y depends on ... axis enum:x but not '
-        'along its plate outer (size-1 enum dim)'
     ),
     ('plate_plate', 'enumerate'): (
         'crossed plates: false ValueError term p:y depends on ... axis enum:x but not '

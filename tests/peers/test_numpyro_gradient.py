@@ -330,10 +330,6 @@ KL_XFAIL: dict[tuple[str, str], str] = {
         'model-side enumeration of [d] with guide sites [z1, z2, z3] under enumerate/mvd:'
         ' ValueError cannot be combined in one objective yet (NumPyro allows it)'
     ),
-    ('kl_model_4_z3', 'reinforce'): (
-        'config_enumerate on the model re-enumerates guide-sampled sites: value 1.803 vs '
-        'exact -0.117'
-    ),
     ('kl_model_5_z2', 'default'): (
         'model-side enumeration of [d] with guide sites [z1, z2, z3] under enumerate/mvd:'
         ' ValueError cannot be combined in one objective yet (NumPyro allows it)'

@@ -178,7 +178,6 @@ def test_elbo_bern(strategy, scale):
              {"q": 0.5})
 
 
-@pytest.mark.xfail(strict=True, reason=PARTICLES_CLASH)
 def test_particles_plate_name():
     """Pyro's own plate name, ``"particles"``, under enumeration."""
     model, guide = bern_model_guide(1, plate_name="particles")
@@ -372,7 +371,7 @@ IPLATE_PLATE = ("enumerate: false ValueError \"term 'p:y_1' depends on the enume
 
 
 @pytest.mark.parametrize("strategy", strategy_params(
-    xfails={"mvd": TWO_MVD, "enumerate": CROSSED_PLATES}))
+    xfails={"mvd": TWO_MVD}))
 def test_elbo_plate_plate(strategy):
     outer_dim, inner_dim, p = 2, 2, KL_HALF_P
 
@@ -1070,7 +1069,7 @@ def test_elbo_enumerate_plate_7(strategy, scale):
 def plates_scale_param(slow=True):
     marks = [SLOW] if slow else []
     return pytest.mark.parametrize("scale", [pytest.param(1, marks=[SLOW]),
-                                             pytest.param(10, marks=marks + [xf(SCALE_INSIDE)])])
+                                             pytest.param(10, marks=marks)])
 
 
 def model_side_case(auto_model, init, scale, *args):

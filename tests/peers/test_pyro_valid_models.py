@@ -466,8 +466,7 @@ SIZE1_PLATES = ("enumerate on crossed/non-nested plates: size-1 enum dims raise 
                 "'must live in the same plate' error")
 
 
-@pytest.mark.parametrize("strategy", [pytest.param("default", marks=SLOW),
-                                      pytest.param("enumerate", marks=xf(SIZE1_PLATES))])
+@pytest.mark.parametrize("strategy", [pytest.param("default", marks=SLOW), "enumerate"])
 def test_plate_reuse_ok(strategy):
     def model():
         p = 0.5
@@ -537,8 +536,7 @@ def test_nested_plate_plate_subsample_param_ok(strategy):
     assert_ok(model, guide, strategy)
 
 
-@pytest.mark.parametrize("strategy", [pytest.param("default", marks=SLOW),
-                                      pytest.param("enumerate", marks=xf(SIZE1_PLATES))])
+@pytest.mark.parametrize("strategy", [pytest.param("default", marks=SLOW), "enumerate"])
 def test_nonnested_plate_plate_ok(strategy):
     def model():
         p = 0.5
@@ -914,10 +912,13 @@ ENUM_MODEL_RESHAPE = ("model-side enumeration (c, f) next to REINFORCE guide sit
                       "into (3,))")
 
 
-@pytest.mark.parametrize("plate", [False, True], ids=["enum_in_model", "enum_in_model_plate"])
-@pytest.mark.parametrize("strategy", [
-    pytest.param("enumerate", marks=xf(MODEL_AND_GUIDE_ENUM)),  # Pyro: b, e enumerated
-    pytest.param("default", marks=xf(ENUM_MODEL_RESHAPE))])
+@pytest.mark.parametrize("strategy,plate", [
+    # Pyro: b, e enumerated
+    pytest.param("enumerate", False, id="enumerate-enum_in_model",
+                 marks=xf(MODEL_AND_GUIDE_ENUM)),
+    pytest.param("enumerate", True, id="enumerate-enum_in_model_plate"),
+    pytest.param("default", False, id="default-enum_in_model"),
+    pytest.param("default", True, id="default-enum_in_model_plate")])
 def test_enum_in_model_ok(strategy, plate):
     """Guide sites a, d by default; b, e (Pyro: enumerated) by ``strategy``.
 
@@ -976,7 +977,6 @@ MULTI_SCALE = ("model-side enumeration group with two different poutine.scale va
                "silently instead of raising")
 
 
-@pytest.mark.xfail(strict=True, reason=MULTI_SCALE)
 def test_enum_in_model_multi_scale_error():
     def model():
         p = numpyro.param("p", jnp.array([0.2, 0.8]))
