@@ -1,39 +1,23 @@
-"""Model-side enumeration: discrete model latents the guide does not sample are summed out.
+"""Scoring a model against a guide trace: the one way every objective does it.
 
-``log_weight`` scores the model at the guide's sample. When the model has
-latent sites with finite support (Categorical, Bernoulli, ...) that the guide
-does not sample, they are marginalized exactly, so the model term is
-``log Σ_z p(x, z | guide's latents)``: a Gaussian mixture with a
-continuous-only guide trains on the exact marginal likelihood.
+:func:`score_model` replays the model at the guide's values and checks that
+they fit (shapes, sites on both sides, data that fits its plates); it numbers
+the trace and tells the guide's records which of its terms cannot depend on
+them (:mod:`stackvi.gradients.structure`). :func:`model_density` returns the
+model's log-density as :class:`~stackvi.terms.Terms` at the guide's sample,
+with discrete model latents the guide does not sample summed out exactly
+(:mod:`stackvi.gradients.marginalize`). ``log_weight``, DReG, RWS's
+``normalize`` and ``marginal`` all use it, so none of them scores a model
+differently.
 
-We reuse NumPyro's funsor machinery (``numpyro.contrib.funsor``: ``enum``,
-``log_density``): plate-aware variable elimination, and for sequential latents
-written with ``numpyro.contrib.control_flow.scan`` (an HMM) a parallel-scan
-sum-product, linear in the sequence length. It runs under ``jit`` and
-``vmap`` (particles). Only the marginalized sites are enumerated; the guide's
-latents are substituted. The result is one :class:`~stackvi.terms.Term`
-``p:marginal`` (a scalar per particle): REINFORCE sites in the guide then see
-the whole model log-density as their learning signal (still unbiased, less
-Rao-Blackwellized than per-plate terms).
-
-Composes with pathwise and REINFORCE guide sites; guide-side ``enumerate``/
-``mvd`` sites in the same objective are an error (their dims are not funsor's).
-
->>> import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist
->>> from stackvi import estimators
->>> def model(x):
-...     loc = numpyro.sample("loc", dist.Normal(0.0, 5.0))
-...     with numpyro.plate("data", x.shape[0]):
-...         k = numpyro.sample("k", dist.Bernoulli(0.5))
-...         numpyro.sample("x", dist.Normal(loc * (2 * k - 1), 1.0), obs=x)
->>> def guide(x):
-...     numpyro.sample("loc", dist.Normal(numpyro.param("m", 1.0), 0.1))
->>> obj = estimators.elbo(model, guide)
->>> x = jnp.array([-2.0, 2.0, 2.5])
->>> value, grads = jax.jit(obj.value_and_grad)(obj.init(jax.random.PRNGKey(0), x),
-...                                            jax.random.PRNGKey(1), x)
->>> sorted(grads)
-['m']
+>>> import jax, numpyro, numpyro.distributions as dist
+>>> from numpyro.handlers import seed
+>>> def model():
+...     c = numpyro.sample("c", dist.Bernoulli(0.3))         # summed out
+...     numpyro.sample("x", dist.Normal(2.0 * c, 1.0), obs=1.0)
+>>> terms = seed(lambda: model_density(model, {}), 0)()
+>>> round(float(terms.total()), 4)   # log(0.7 N(1; 0, 1) + 0.3 N(1; 2, 1))
+-1.4189
 """
 
 from __future__ import annotations
