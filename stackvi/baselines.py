@@ -33,7 +33,8 @@ Attach them with a handler (``reinforce(guide, baseline=...)``,
 ``Objective.init`` sees their parameters.
 
 >>> import jax.numpy as jnp
->>> b, _ = LeaveOneOut()(jnp.array([1.0, 2.0, 3.0]), ("particles",), ())
+>>> from stackvi.axes import PARTICLES
+>>> b, _ = LeaveOneOut()(jnp.array([1.0, 2.0, 3.0]), (PARTICLES,), ())
 >>> b.tolist()
 [2.5, 2.0, 1.5]
 """

@@ -165,7 +165,10 @@ def train(strategy):
         clock += time.perf_counter() - t0
         if (i + 1) % EVERY == 0:
             times.append(clock)
-            values.append(float(evaluate(params, jax.random.PRNGKey(10_000 + i), x)))
+            # the exact-in-z ELBO takes the model's and guide's params only (not a
+            # learned baseline's: an objective refuses params it does not use)
+            guide_params = {k: v for k, v in params.items() if not k.startswith("baseline:")}
+            values.append(float(evaluate(guide_params, jax.random.PRNGKey(10_000 + i), x)))
     return np.array(times), np.array(values)
 
 
