@@ -184,7 +184,7 @@ class Strategy(Messenger):
 def check_named_sites(claimer: str, named, seen: set) -> None:
     """A site named in a claim that the program never drew is a typo: say so."""
     missing = sorted(set(named) - seen)
-    if missing and seen is not None:
+    if missing:
         raise ValueError(
             f"{claimer}: site(s) {missing} never appear among the latent sample sites of the "
             f"program it wraps (those are {sorted(seen)}); check the names."
