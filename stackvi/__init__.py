@@ -35,6 +35,7 @@ from stackvi import (
 from stackvi.axes import PARTICLES
 from stackvi.estimators import Objective
 from stackvi.fit import FitResult, fit
+from stackvi.inference_data import to_arviz
 from stackvi.primitives import (
     deterministic,
     factor,
@@ -60,6 +61,7 @@ __all__ = [
     "Objective",
     "fit",
     "FitResult",
+    "to_arviz",
     "sample",
     "observe",
     "param",
