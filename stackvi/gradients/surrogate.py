@@ -132,7 +132,11 @@ class Signals:
                              for t in terms])
         mask = np.array([[t.source is None or t.source not in r.upstream for t in terms]
                          for r in group], dtype=stacked.dtype)
-        return jnp.tensordot(mask, stacked, axes=1)
+        # The barrier hides that the mask is a constant. Otherwise XLA rewrites
+        # dot(constant, stack(terms)) as Σ_t mask[:, t]·term_t, an elementwise expression
+        # it then recomputes inside every record's gradient: a compiled module quadratic
+        # in the sites although the traced program is linear (test_findings, finding 11).
+        return jnp.tensordot(jax.lax.optimization_barrier(jnp.asarray(mask)), stacked, axes=1)
 
     def batched_score_terms(self, records: list[SiteRecord]) -> jax.Array:
         """``Σ_records Σ (log q − sg log q) · sg(L)`` as one expression per layout."""

@@ -7,6 +7,7 @@ never from stackvi. Stochastic estimators use the z-test of tests/conftest.py.
 from __future__ import annotations
 
 import itertools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -406,6 +407,23 @@ def test_surrogate_size_linear_in_sites():
         jaxpr = jax.make_jaxpr(obj.value_and_grad)(params, jax.random.PRNGKey(0))
         sizes.append(len(jaxpr.jaxpr.eqns))
     # doubling the sites at most ~doubles the program (quadratic would quadruple it)
+    assert sizes[2] / sizes[1] < 2.3 and sizes[1] / sizes[0] < 2.3, sizes
+
+
+def _hlo_instructions(text):
+    return len(re.findall(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=", text, re.MULTILINE))
+
+
+def test_compiled_module_linear_in_sites():
+    # A linear jaxpr is not enough: XLA may recompute a shared elementwise producer in
+    # every consumer (it did, for the learning signals' 0/1 product), so count the
+    # instructions of the optimized module XLA actually compiles.
+    sizes = []
+    for n in (6, 12, 24):
+        obj = estimators.elbo(*_many_sites(n))
+        params = {f"l{i}": jnp.array(0.1) for i in range(n)}
+        lowered = jax.jit(obj.value_and_grad).lower(params, jax.random.PRNGKey(0))
+        sizes.append(_hlo_instructions(lowered.compile().as_text()))
     assert sizes[2] / sizes[1] < 2.3 and sizes[1] / sizes[0] < 2.3, sizes
 
 
