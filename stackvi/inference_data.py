@@ -76,16 +76,18 @@ def _latent_sites(tr) -> list[str]:
 
 
 def _dims(tr, names, draws: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Each site's dims (after chain, draw): plate names for plate dims, else ArviZ's default."""
+    """Each site's dims (after chain, draw): its plate's name where the sizes agree."""
     dims = {}
     for name in names:
-        site = tr[name]
-        ndim = np.ndim(draws[name]) - 2
+        site, shape = tr[name], np.shape(draws[name])[2:]
         event_ndim = len(getattr(site.get("fn"), "event_shape", ()))
-        batch_ndim = ndim - event_ndim
-        plates = {f.dim: f.name for f in site.get("cond_indep_stack", ()) if f.dim is not None}
-        dims[name] = [plates.get(i - batch_ndim, f"{name}_dim_{i}") if i < batch_ndim
-                      else f"{name}_dim_{i}" for i in range(ndim)]
+        batch_ndim = len(shape) - event_ndim
+        plates = {f.dim: f for f in site.get("cond_indep_stack", ()) if f.dim is not None}
+        dims[name] = [f"{name}_dim_{i}" for i in range(len(shape))]
+        for i in range(batch_ndim):
+            frame = plates.get(i - batch_ndim)
+            if frame is not None and frame.size == shape[i]:
+                dims[name][i] = frame.name
     return dims
 
 
@@ -110,7 +112,7 @@ def to_arviz(result: FitResult | Mapping[str, Any], model: Callable, guide: Call
 
     Returns:
         Group ``posterior`` (the guide's latent sample sites, as the model names them,
-            and its deterministic sites; one chain) and, when asked for,
+            the guide's and the model's deterministic sites; one chain) and, if asked for,
             ``posterior_predictive`` and ``observed_data``.
 
     Raises:
@@ -125,17 +127,22 @@ def to_arviz(result: FitResult | Mapping[str, Any], model: Callable, guide: Call
     latent = _latent_sites(guide_trace)
     draws = Predictive(guide, params=params, num_samples=num_samples,
                        return_sites=latent)(k_guide, *args, **kwargs)
-    posterior = {k: np.asarray(draws[k])[None] for k in latent}
-    dims = _dims(guide_trace, latent, posterior)
-    groups: dict[str, Any] = {"posterior": posterior}
+    # The model once at the first draw: its observed sites, and its deterministic sites
+    # (e.g. a reparameterized site's value), which belong to the posterior too.
+    model_trace = trace(seed(substitute(model, {**params, **{
+        k: v[0] for k, v in draws.items()}}), k_trace)).get_trace(*args, **kwargs)
+    observed = [name for name, site in model_trace.items()
+                if site["type"] == "sample" and site["is_observed"]]
+    derived = [name for name, site in model_trace.items()
+               if site["type"] == "deterministic" and name not in draws]
+    predictive = Predictive(_unobserved(model), posterior_samples=draws, params=params,
+                            return_sites=observed + derived)(k_model, *args, **kwargs)
 
+    posterior = {k: np.asarray(draws[k])[None] for k in latent}
+    posterior.update({k: np.asarray(predictive[k])[None] for k in derived})
+    dims = {**_dims(guide_trace, latent, posterior), **_dims(model_trace, derived, posterior)}
+    groups: dict[str, Any] = {"posterior": posterior}
     if posterior_predictive:
-        model_trace = trace(seed(substitute(model, {**params, **{
-            k: v[0] for k, v in draws.items()}}), k_trace)).get_trace(*args, **kwargs)
-        observed = [name for name, site in model_trace.items()
-                    if site["type"] == "sample" and site["is_observed"]]
-        predictive = Predictive(_unobserved(model), posterior_samples=draws, params=params,
-                                return_sites=observed)(k_model, *args, **kwargs)
         groups["posterior_predictive"] = {k: np.asarray(predictive[k])[None] for k in observed}
         groups["observed_data"] = {k: np.asarray(model_trace[k]["value"]) for k in observed}
         dims.update(_dims(model_trace, observed, groups["posterior_predictive"]))

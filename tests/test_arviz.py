@@ -29,8 +29,9 @@ X = jnp.array([0.5, 1.5, 2.0])
 def model(x=None):
     b = numpyro.sample("b", dist.Bernoulli(0.5))
     z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+    shift = numpyro.deterministic("shift", z + b)
     with numpyro.plate("data", 3):
-        numpyro.sample("x", dist.Normal(z + b, 1.0), obs=x)
+        numpyro.sample("x", dist.Normal(shift, 1.0), obs=x)
 
 
 def guide(x=None):
@@ -50,6 +51,9 @@ def test_groups_shapes_and_plate_dims():
     assert set(idata.groups()) == {"posterior", "posterior_predictive", "observed_data"}
     assert idata.posterior["z"].shape == (1, N)
     assert idata.posterior["b"].shape == (1, N)
+    # The model's deterministic sites, computed from each guide draw, are in the posterior.
+    np.testing.assert_allclose(idata.posterior["shift"].values,
+                               idata.posterior["z"].values + idata.posterior["b"].values)
     assert idata.posterior_predictive["x"].dims == ("chain", "draw", "data")
     assert idata.posterior_predictive["x"].shape == (1, N, 3)
     np.testing.assert_array_equal(idata.observed_data["x"].values, np.asarray(X))
