@@ -18,6 +18,7 @@ lists in its ``__all__`` (``stackvi.models.vae``, ...).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import pkgutil
@@ -62,19 +63,63 @@ def members(name: str) -> list[str]:
             if not inspect.ismodule(getattr(module, m, None))]
 
 
+def target(name: str, member: str) -> str:
+    """The path mkdocstrings renders ``name.member`` from (its definition, where it has one).
+
+    A re-exported class or function is rendered from where it is defined, because a
+    package's submodule may share its name (``stackvi.handlers.density`` is both the module
+    and, at run time, the class it defines) and a static reader then sees the module. The
+    path may lie outside stackvi (NumPyro's handlers, re-exported unchanged).
+    """
+    obj = getattr(importlib.import_module(name), member)
+    where, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if where and qualname and (inspect.isclass(obj) or inspect.isfunction(obj)):
+        return f"{where}.{qualname}"
+    return f"{name}.{member}"
+
+
+@functools.cache
+def homes() -> dict[int, str]:
+    """The one page that renders each public object (others link to it), keyed by ``id``.
+
+    Its defining module's page when that module is public and lists it, else the page of
+    the shallowest public module that exports it (first in reading order on a tie).
+    """
+    exporters: dict[int, list[str]] = {}
+    defined: dict[int, str] = {}
+    for name in public_modules():
+        module = importlib.import_module(name)
+        for member in members(name):
+            obj = getattr(module, member)
+            exporters.setdefault(id(obj), []).append(name)
+            defined[id(obj)] = getattr(obj, "__module__", None) or ""
+    return {key: defined[key] if defined[key] in names else min(names, key=lambda n: n.count("."))
+            for key, names in exporters.items()}
+
+
 def api_page(name: str) -> str:
-    listed = members(name)
     lines = [f"# `{name}`", "", f"::: {name}", "    options:", "      show_root_heading: false",
-             "      show_submodules: false"]
-    if listed:
-        lines.append("      members:")
-        lines += [f"        - {m}" for m in listed]
-    else:
-        lines.append("      members: false")
+             "      members: false", ""]
+    module = importlib.import_module(name)
+    elsewhere, external = [], []
+    for member in members(name):
+        home = homes()[id(getattr(module, member))]
+        path = target(home, member) if home != name else target(name, member)
+        if not path.startswith("stackvi."):
+            external.append(f"- `{member}`: `{path}`, re-exported unchanged")
+        elif home != name:
+            elsewhere.append(f"- [`{member}`][{path}] (documented in [`{home}`]({home}.md))")
+        else:
+            lines += [f"::: {path}", "    options:", "      show_root_full_path: false",
+                      "      show_root_heading: true", ""]
+    if elsewhere:
+        lines += ["## Also exported here", "", *elsewhere, ""]
+    if external:
+        lines += ["## Re-exported from NumPyro", "", *external, ""]
     modules = [m for m in public_modules() if m.rsplit(".", 1)[0] == name and m != name]
     if modules:
-        lines += ["", "Modules: " + ", ".join(f"[`{m}`]({m}.md)" for m in modules) + "."]
-    return "\n".join(lines) + "\n"
+        lines += ["Modules: " + ", ".join(f"[`{m}`]({m}.md)" for m in modules) + ".", ""]
+    return "\n".join(lines)
 
 
 def on_files(files, config):
@@ -92,10 +137,17 @@ def on_files(files, config):
     return files
 
 
+_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|obj|exc|const):`~?([^`]+)`")
+
+
 class _DoctestFences(Preprocessor):
-    """``>>>`` blocks (prompt, continuation and output lines up to a blank line) -> ```pycon."""
+    """``>>>`` blocks (prompt, continuation and output lines up to a blank line) -> ```pycon.
+
+    Also Sphinx roles, which some docstrings use (``:class:`density```), become code spans.
+    """
 
     def run(self, lines: list[str]) -> list[str]:
+        lines = [_ROLE.sub(r"`\1`", line) for line in lines]
         out: list[str] = []
         fence = None  # the fence that opened the code block we are in, if any
         block: list[str] = []

@@ -135,7 +135,8 @@ def test_tutorial_pages_show_their_figures_and_link_their_notebook(built_site, s
             notebook = json.load(response)
         assert notebook["nbformat"] == 4 and notebook["cells"], f"{path}: bad notebook {href}"
 
-        page.locator(".jupyter-wrapper img").first.scroll_into_view_if_needed()
+        page.locator(".jupyter-wrapper img").first.evaluate(
+            "e => e.scrollIntoView({block: 'center'})")
         name = path.split("/")[1]
         page.screenshot(path=str(SHOTS / f"tutorial_{name}.png"))
     tab.page.close()
