@@ -49,6 +49,7 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 from numpyro.handlers import infer_config, substitute
+from numpyro.primitives import Messenger
 
 from stackvi._compat import compute_markov_factors, get_shift, log_density, shift_name, unmasked
 from stackvi.axes import Axis
@@ -56,6 +57,20 @@ from stackvi.gradients.records import current_recorder
 from stackvi.terms import Term, Terms, site_log_prob
 
 __all__ = ["summed_out"]
+
+
+class _own_infer(Messenger):
+    """Gives every sample site its own ``infer`` dict (innermost, before anything writes).
+
+    NumPyro passes the user's dict through, and ``infer_config`` and funsor's
+    ``enum``/``trace`` write into it (``dim_to_name``): sites sharing one dict (a
+    module-level ``{"enumerate": "parallel"}``) would read each other's dims and a
+    summed-out site's own factor would lose its variable. Pyro copies it in ``sample``.
+    """
+
+    def process_message(self, msg):
+        if msg["type"] == "sample":
+            msg["infer"] = dict(msg["infer"])
 
 
 def _enumerated_trace(model, guide_trace, hidden, first_dim, args, kwargs):
@@ -71,7 +86,7 @@ def _enumerated_trace(model, guide_trace, hidden, first_dim, args, kwargs):
         # the sites whose values come from the guide.
         return {"enumerate": "parallel" if site["name"] in names else None}
 
-    enumerated = enum(infer_config(substitute(model, data=data), config),
+    enumerated = enum(infer_config(substitute(_own_infer(model), data=data), config),
                       first_available_dim=first_dim)
     with plate_to_enum_plate():
         return named_trace(enumerated).get_trace(*args, **kwargs)
@@ -262,11 +277,23 @@ def _contract_group(group, sum_vars, plates, local, unalias) -> Term:
                 ": the sum would need every element of it at once. Sample those model sites "
                 "in the guide too, or use reinforce for the guide site."
             )
-    with funsor.interpretations.normalize:
-        cost = funsor.sum_product.sum_product(
-            funsor.ops.logaddexp, funsor.ops.add, fs, plates=group_plates,
-            eliminate=(inputs & sum_vars) | elim_plates)
-    cost = funsor.optimizer.apply_optimizer(cost)
+    try:
+        with funsor.interpretations.normalize:
+            cost = funsor.sum_product.sum_product(
+                funsor.ops.logaddexp, funsor.ops.add, fs, plates=group_plates,
+                eliminate=(inputs & sum_vars) | elim_plates)
+        cost = funsor.optimizer.apply_optimizer(cost)
+    except ValueError as e:
+        if "intractable" not in str(e):
+            raise
+        # funsor's plate-aware elimination cannot factor the sum: summed-out sites in
+        # crossed plates meet in one factor (TraceEnum_ELBO refuses this too)
+        raise ValueError(
+            f"model-side enumeration of {sorted(inputs & sum_vars)} over plates "
+            f"{sorted(group_plates)} is intractable: summed-out sites in different plates "
+            f"meet in a factor of both (sites {names}), so the sum does not factor plate by "
+            "plate. Sample some of them in the guide, or unroll one of the plates."
+        ) from None
     free = list(cost.inputs)
     data = cost.data if free else jnp.asarray(cost.data)
     axis_names = tuple(unalias.get(v, v) for v in free)

@@ -555,3 +555,52 @@ def test_enumerated_site_downstream_of_mvd_site():
     assert_unbiased(values, exact(0.3, 0.7), "ELBO")
     assert_unbiased(grads["p0"], g0, "d/dp0 (mvd)")
     assert_unbiased(grads["p1"], g1, "d/dp1 (enumerate)")
+
+
+# -- peer re-run (Pyro test_valid_models): summed-out sites sharing one ``infer`` dict ---------
+
+def test_summed_out_sites_sharing_one_infer_dict():
+    """NumPyro passes the user's ``infer`` dict through and funsor writes each site's dims
+    into it; the sum over ``a`` once read ``c``'s dims and silently dropped ``log p(a)``."""
+    infer = {"enumerate": "parallel"}  # one dict object for both sites
+
+    def model():
+        p = numpyro.param("p", jnp.array([0.2, 0.8]))
+        a = numpyro.sample("a", dist.Bernoulli(0.3), infer=infer).astype(jnp.int32)
+        with numpyro.plate("b_axis", 2):
+            numpyro.sample("b", dist.Bernoulli(p[a]), obs=jnp.array([0.0, 1.0]))
+        c = numpyro.sample("c", dist.Bernoulli(0.3), infer=infer).astype(jnp.int32)
+        with numpyro.plate("c_axis", 2):
+            numpyro.sample("d", dist.Bernoulli(p[c]), obs=jnp.array([0.0, 0.0]))
+
+    def exact(p):  # log Σ_a p(a) p(b | a) + log Σ_c p(c) p(d | c)
+        prior = jnp.array([0.7, 0.3])
+        return (jnp.log(jnp.sum(prior * (1 - p) * p))
+                + jnp.log(jnp.sum(prior * (1 - p) ** 2)))
+
+    p = jnp.array([0.2, 0.8])
+    obj = estimators.elbo(model, lambda: None)
+    for fn in (obj.value_and_grad, jax.jit(obj.value_and_grad)):
+        value, grads = fn({"p": p}, jax.random.PRNGKey(0))
+        np.testing.assert_allclose(value, exact(p), rtol=1e-5)
+        np.testing.assert_allclose(grads["p"], jax.grad(exact)(p), rtol=1e-5, atol=1e-6)
+    assert infer == {"enumerate": "parallel"}  # the user's dict is left alone
+
+
+def test_intractable_model_enumeration_names_sites_and_plates():
+    """Summed-out sites in two crossed plates that meet in one factor (NumPyro's and Pyro's
+    plates_6 ``model_plate_plate``): their TraceEnum_ELBO raises too; ours names the sites."""
+
+    def model():
+        a = numpyro.sample("a", dist.Bernoulli(0.4)).astype(jnp.int32)
+        with numpyro.plate("b_axis", 2, dim=-1):
+            b = numpyro.sample("b", dist.Bernoulli(jnp.array([0.3, 0.6])[a]))
+        with numpyro.plate("c_axis", 2, dim=-2):
+            c = numpyro.sample("c", dist.Bernoulli(jnp.array([0.2, 0.7])[a]))
+        with numpyro.plate("b_axis", 2, dim=-1), numpyro.plate("c_axis", 2, dim=-2):
+            numpyro.sample("d", dist.Normal(b + c, 1.0), obs=jnp.zeros((2, 2)))
+
+    obj = estimators.elbo(model, lambda: None)
+    with pytest.raises(ValueError, match=r"\['a', 'b', 'c'\] over plates \['b_axis', "
+                                         r"'c_axis'\] is intractable"):
+        obj.estimate({}, jax.random.PRNGKey(0))

@@ -2274,10 +2274,6 @@ XFAIL: dict[tuple[str, str], str] = {
         'model-side enumeration applies scale=10 inside the log-sum: value -56.548 vs '
         'exact -38.290'
     ),
-    ('enumerate_plates_6-plate_plate-scale10', 'default'): (
-        'raises funsor ValueError intractable! that names no site (NumPyro raises too; '
-        'the brute-force answer exists)'
-    ),
     ('enumerate_plates_7-iplate_iplate-scale10', 'default'): (
         'model-side enumeration applies scale=10 inside the log-sum: value -96.237 vs '
         'exact -78.988'

@@ -954,9 +954,6 @@ def test_enum_sequential_in_model_error():
     np.testing.assert_allclose(float(grads["p"]), 0.0, atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "empty guide, model-side enumeration of a and c (int-cast, p[a] in two plates): "
-    "TypeError 'cannot reshape array of shape (2, 1) into shape ()'"))
 def test_enum_in_model_plate_reuse_ok():
     def model():
         p = numpyro.param("p", jnp.array([0.2, 0.8]))
