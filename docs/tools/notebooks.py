@@ -39,6 +39,7 @@ DOWNLOADS = ROOT / "docs" / "notebooks"
 CACHE = ROOT / ".cache" / "docs" / "executed"
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 CELL_TIMEOUT_S = 1200
+_TQDM = "TqdmWarning: IProgress not found"
 
 __all__ = ["tutorials", "to_notebook", "execute", "main"]
 
@@ -95,9 +96,16 @@ def execute(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
     return nb
 
 
-def with_download_link(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
-    """A copy of ``nb`` with a download link under its title cell (the page's first cell)."""
+def for_site(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
+    """A copy of ``nb`` for its page: a download link under its title cell, and without
+    tqdm's "IProgress not found" warning (``tqdm.auto`` in a kernel without ipywidgets),
+    which says nothing about the tutorial."""
     nb = nbformat.from_dict(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if not (
+                o.output_type == "stream" and o.name == "stderr" and _TQDM in o.text
+                and o.text.count("\n") <= 2)]
     link = nbformat.v4.new_markdown_cell(
         f'<a class="md-button" href="../../notebooks/{name}.ipynb" download>'
         f"Download this notebook ({name}.ipynb)</a>")
@@ -135,7 +143,7 @@ def build(path: Path, lib: str | None) -> tuple[str, float | None]:
         for stale in CACHE.glob(f"{name}-*.ipynb"):
             stale.unlink()
         nbformat.write(executed, cached)
-    nbformat.write(with_download_link(executed, name), EXECUTED / f"{name}.ipynb")
+    nbformat.write(for_site(executed, name), EXECUTED / f"{name}.ipynb")
     return status, seconds
 
 
