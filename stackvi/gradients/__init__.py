@@ -16,7 +16,9 @@ program can bypass:
 * :mod:`~stackvi.gradients.surrogate` — :func:`surrogate`, whose value is the
   estimate and whose gradient is the estimator, and :class:`Signals`, what a
   rule may ask of it; :mod:`~stackvi.gradients.contract` — exact contractions
-  over enumerated axes and branch differences.
+  over enumerated axes and branch differences; :mod:`~stackvi.gradients.dice` —
+  :func:`any_order_surrogate`, the same estimator in DiCE form, for unbiased
+  derivatives of every order (``objective.surrogate``).
 
 For strategies that evaluate costs at other values than the sample:
 :mod:`~stackvi.gradients.branches` (``allocate_dim``, ``lay_out``,
@@ -36,6 +38,9 @@ from stackvi.gradients.contract import (
 from stackvi.gradients.records import SiteRecord, current_recorder, recording
 from stackvi.gradients.strategy import STRATEGIES, Strategy, Trace, claim, register, simulate
 from stackvi.gradients.surrogate import Signals, estimate, surrogate
+
+# isort: split
+from stackvi.gradients.dice import any_order_surrogate, magic
 
 # isort: split
 # Last: scoring needs stackvi.handlers, whose strategies import the names above.
@@ -60,6 +65,8 @@ __all__ = [
     "Signals",
     "surrogate",
     "estimate",
+    "any_order_surrogate",
+    "magic",
     "allocate_dim",
     "check_plated",
     "lay_out",

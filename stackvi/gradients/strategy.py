@@ -179,6 +179,10 @@ class Strategy(Messenger):
     # Whether the site's own log q term enters the pathwise value detached (score-function
     # rules: E[∇ log q(z)] = 0 there, so dropping it lowers variance; see surrogate).
     detach_own_term: bool = False
+    # How the DiCE-form surrogate (stackvi.gradients.dice) treats the site for derivatives
+    # of every order: "score" (magic-box factors), "exact" (enumeration weights keep their
+    # derivatives), or None: first derivatives only (objective.surrogate is an error).
+    higher_order: str | None = None
 
 
 def check_named_sites(claimer: str, named, seen: set) -> None:

@@ -169,6 +169,7 @@ class enumerate(Strategy):  # noqa: A001 - the strategy's name, as in the design
 
     name = "enumerate"
     owns_value = True
+    higher_order = "exact"
 
     @staticmethod
     def validate(msg, claimer):

@@ -95,6 +95,7 @@ class reinforce(Strategy):
 
     name = "reinforce"
     detach_own_term = True
+    higher_order = "score"
 
     def __init__(self, fn=None, sites: SiteSelector = None, baseline=None):
         super().__init__(fn, sites, baseline=_baselines.resolve(baseline))
