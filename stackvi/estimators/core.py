@@ -48,6 +48,7 @@ from numpyro.primitives import Messenger
 
 from stackvi.axes import PARTICLES
 from stackvi.estimators.signals import LearningSignal
+from stackvi.gradients.dice import any_order_surrogate
 from stackvi.gradients.records import SiteRecord, current_recorder, recording
 from stackvi.gradients.scoring import model_density, score_model
 from stackvi.gradients.strategy import simulate
@@ -283,6 +284,22 @@ class Objective:
         """``(value, grads)``: the estimate and an unbiased estimate of its gradient."""
         value, grads, _ = self.value_and_grad_with_state(params, None, rng_key, *args, **kwargs)
         return value, grads
+
+    def surrogate(self, params, rng_key, *args, **kwargs) -> jax.Array:
+        """A scalar whose derivatives of *every* order in ``params`` are unbiased estimates
+        of the objective's: ``jax.hessian(objective.surrogate)(params, key, x)``,
+        Hessian-vector products, ``jax.grad(jax.grad(...))``.
+
+        The DiCE form of the estimator (:mod:`stackvi.gradients.dice`): sites under
+        ``reinforce`` (with any baseline) or ``enumerate``, and pathwise sites; a site
+        whose strategy gives first derivatives only (``mvd``, ``disarm``) is an error.
+        Its value is not the objective's (use ``estimate``); baseline state is fresh.
+        """
+        value, records = self.run(params, rng_key, *args, **kwargs)
+        state = None
+        if any(r.baseline is not None for r in records):
+            state = {r.name: r.baseline.init_state() for r in records if r.baseline is not None}
+        return any_order_surrogate(value, records, state)[1]
 
     def diagnose(self, params, rng_key, *args, **kwargs) -> dict[str, float]:
         """Per-term totals of one estimate (eager); non-finite ones point at the culprit site."""
