@@ -10,6 +10,12 @@ lower variance than REINFORCE. A claimed site is evaluated at both values in
 one pass (the pair along a branch axis, :mod:`stackvi.gradients.branches`);
 the objective's value uses ``b``.
 
+``arm`` (Yin & Zhou, 2019), DisARM's predecessor, uses the same pair with the
+weight ``½ − u`` instead (``∇_α E[f(b)] = E[(f(b) − f(b̃))(½ − u)]``, with
+``1[u > σ(−α)] = b̃``): also unbiased, and DisARM is its conditional
+expectation given the pair, so ARM's variance is never lower. It is here for
+comparison (and because the literature benchmarks against it).
+
 This file is the worked example of ``docs/strategies.md``: a strategy written
 on the public extension API (:mod:`stackvi.gradients`) only.
 
@@ -50,7 +56,7 @@ from stackvi.gradients import (
 )
 from stackvi.terms import site_log_prob
 
-__all__ = ["disarm"]
+__all__ = ["disarm", "arm"]
 
 sg = jax.lax.stop_gradient
 
@@ -69,24 +75,30 @@ class disarm(Strategy):
     owns_value = True
     detach_own_term = True  # E[∇ log q(b)] = 0: its own log q enters the value detached
 
-    @staticmethod
-    def validate(msg, claimer):
+    @classmethod
+    def validate(cls, msg, claimer):
         if _bernoulli(msg["fn"]) is None:
             raise ValueError(
                 f"{claimer}: site '{msg['name']}' ({type(msg['fn']).__name__}) is not a "
-                "Bernoulli; disarm handles Bernoulli sites only. Use mvd, enumerate or "
+                f"Bernoulli; {cls.name} handles Bernoulli sites only. Use mvd, enumerate or "
                 "reinforce for it."
             )
 
     @staticmethod
-    def prepare(msg):
+    def pair_weight(u, p, b, anti, logits):
+        """The weight of ``f(b) − f(b̃)`` (no gradient): ``½ (−1)^b̃ 1[b ≠ b̃] σ(|α|)``."""
+        return 0.5 * jnp.where(anti == 1, -1.0, 1.0) * (b != anti) * jax.nn.sigmoid(
+            jnp.abs(logits))
+
+    @classmethod
+    def prepare(cls, msg):
         if msg["value"] is not None:
             return
-        got = allocate_dim(msg, "disarm")
+        got = allocate_dim(msg, cls.name)
         if got is None:
             return
         dim, axis = got
-        check_plated(msg, "disarm")
+        check_plated(msg, cls.name)
         fn = msg["fn"]
         shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
         base = _bernoulli(fn)
@@ -95,17 +107,15 @@ class disarm(Strategy):
         p = jax.nn.sigmoid(sg(logits))
         b, anti = (u < p).astype(jnp.result_type(float)), (1 - u < p).astype(jnp.result_type(float))
         coord, _ = lay_out(msg, b, anti[None], dim, axis)
-        # ½ (−1)^b̃ 1[b ≠ b̃] σ(|α|): the weight of f(b) − f(b̃) (no gradient)
-        weight = 0.5 * jnp.where(anti == 1, -1.0, 1.0) * (b != anti) * jax.nn.sigmoid(
-            jnp.abs(sg(logits)))
+        weight = cls.pair_weight(u, p, b, anti, sg(logits))
         extra = (site_term(msg, logits, coord, "logits"), site_term(msg, weight, coord, "weight"))
         msg["infer"]["_stackvi_disarm"] = (extra, coord)
 
-    @staticmethod
-    def transform(msg):
+    @classmethod
+    def transform(cls, msg):
         if "_stackvi_disarm" not in msg["infer"]:
             raise ValueError(
-                f"site '{msg['name']}' is claimed by disarm outside an objective: its pair of "
+                f"site '{msg['name']}' is claimed by {cls.name} outside an objective: its pair of "
                 "values needs the dims an objective hands out (run it through estimators.elbo)."
             )
         msg["intermediates"] = []
@@ -131,3 +141,16 @@ class disarm(Strategy):
             acc = acc + contract([(logits[0] - sg(logits[0]), logits[1]),
                                   (sg(weight[0]), weight[1]), (sg(diff), names)], up, label)
         return acc
+
+
+@register
+class arm(disarm):
+    """ARM (Yin & Zhou, 2019) for the claimed Bernoulli sites: DisARM's pair, weight ``½ − u``."""
+
+    name = "arm"
+
+    @staticmethod
+    def pair_weight(u, p, b, anti, logits):
+        # ARM: ∇_α E f(b) = E[(f(1[u > σ(−α)]) − f(1[u < σ(α)])) (u − ½)], and
+        # 1[u > σ(−α)] = 1[1 − u < σ(α)] = b̃, 1[u < σ(α)] = b.
+        return 0.5 - u

@@ -12,7 +12,7 @@ import numpyro.distributions as dist
 import pytest
 
 from stackvi import estimators, handlers
-from tests.conftest import assert_unbiased, per_key
+from tests.conftest import assert_lower_variance, assert_unbiased, per_key
 
 X = jnp.array([1.2, 2.1])
 
@@ -53,8 +53,9 @@ def exact(ab, ac, a):
 PARAMS = {"ab": jnp.array(0.0), "ac": jnp.array(-0.3), "a": jnp.array([0.4, -0.7])}
 
 
-def test_disarm_unbiased_against_enumeration():
-    obj = estimators.elbo(model, handlers.disarm(guide))
+@pytest.mark.parametrize("strategy", ["disarm", "arm"])
+def test_disarm_unbiased_against_enumeration(strategy):
+    obj = estimators.elbo(model, getattr(handlers, strategy)(guide))
     values, grads = per_key(obj, PARAMS, 20000)
     args = (PARAMS["ab"], PARAMS["ac"], PARAMS["a"])
     gb, gc, ga = jax.grad(exact, argnums=(0, 1, 2))(*args)
@@ -70,6 +71,14 @@ def test_disarm_lower_variance_than_reinforce():
         _, grads = per_key(estimators.elbo(model, wrap(guide)), PARAMS, 4000)
         var[name] = np.var(np.asarray(grads["a"]), axis=0)  # the plate's sites
     assert np.all(var["disarm"] < var["reinforce"]), var
+
+
+def test_arm_higher_variance_than_disarm():
+    """DisARM is ARM's conditional expectation given the pair (Dong et al., 2020)."""
+    _, d = per_key(estimators.elbo(model, handlers.disarm(guide)), PARAMS, 4000)
+    _, a = per_key(estimators.elbo(model, handlers.arm(guide)), PARAMS, 4000)
+    for j in range(2):
+        assert_lower_variance(d["a"][:, j], a["a"][:, j], f"d/da[{j}]")
 
 
 def test_disarm_refuses_non_bernoulli():
