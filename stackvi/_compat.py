@@ -7,7 +7,9 @@ of ``Bernoulli`` and ``Binomial`` use ``|logits|``, so at exactly
 Every log-density stackvi takes goes through :func:`log_density`, which for
 those families (also inside ``expand``/``to_event``/``mask`` wrappers) uses
 ``k·logits − n·softplus(logits)``: the same values, and ``softplus``'s
-gradient is exact at 0. Everything else is NumPyro's own ``log_prob``.
+gradient is exact at 0. ``Bernoulli(probs)`` uses ``b log p + (1 − b) log(1 − p)``
+(NumPyro's value on {0, 1}, and defined off it for relaxed values). Everything
+else is NumPyro's own ``log_prob``.
 
 >>> import jax, numpyro.distributions as dist
 >>> float(jax.grad(lambda l: log_density(dist.Bernoulli(logits=l), 1.0))(0.0))
@@ -21,7 +23,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
-from jax.scipy.special import gammaln
+from jax.scipy.special import gammaln, xlog1py, xlogy
 from numpyro.distributions.distribution import ExpandedDistribution, Independent, MaskedDistribution
 
 __all__ = ["log_density", "unmasked", "compute_markov_factors", "get_shift", "shift_name"]
@@ -42,7 +44,14 @@ def _binomial_logits(d, value):
     return log_choose + value * d.logits - n * jax.nn.softplus(d.logits)
 
 
-_FIXED = {dist.BernoulliLogits: _bernoulli_logits, dist.BinomialLogits: _binomial_logits}
+def _bernoulli_probs(d, value):
+    # NumPyro's returns −inf off {0, 1}; this linear form is its value on {0, 1} and the
+    # continuous extension that relaxed values (handlers.gumbel_softmax) need.
+    return xlogy(value, d.probs) + xlog1py(1 - value, -d.probs)
+
+
+_FIXED = {dist.BernoulliLogits: _bernoulli_logits, dist.BinomialLogits: _binomial_logits,
+          dist.BernoulliProbs: _bernoulli_probs}
 
 
 def _fixable(fn) -> bool:

@@ -2,8 +2,10 @@
 
 Tracing and scoring: :class:`trace` (NumPyro's), :class:`density`.
 Gradient strategies: :class:`reparam`, :class:`reinforce`, :class:`enumerate`,
-:class:`mvd`, :class:`disarm`; :class:`strategies` and :class:`configure` to
-choose them per site; :func:`simulate` (run a guide under its strategies).
+:class:`mvd`, :class:`disarm`, :class:`arm`, :class:`unordered_set`; biased
+(claimed only with ``biased=True``): :class:`gumbel_softmax`, :class:`straight_through`;
+:class:`strategies` and :class:`configure` to choose them per site;
+:func:`simulate` (run a guide under its strategies).
 Marginalization: :class:`smc_marginalize` (a particle filter in place of a
 ``scan``; :func:`smc_filter` runs one and returns its :class:`SMCResult`).
 NumPyro's handlers are re-exported unchanged: ``seed``, ``substitute``,
@@ -13,9 +15,10 @@ NumPyro's handlers are re-exported unchanged: ``seed``, ``substitute``,
 from numpyro.handlers import block, condition, mask, replay, scale, seed, substitute, trace
 
 from stackvi.handlers.density import density, trace_terms
-from stackvi.handlers.disarm import disarm
+from stackvi.handlers.disarm import arm, disarm
 from stackvi.handlers.enumerate import enum_scope, enumerate
 from stackvi.handlers.mvd import mvd
+from stackvi.handlers.relaxed import gumbel_softmax, straight_through
 from stackvi.handlers.smc import SMCResult, smc_filter, smc_marginalize
 from stackvi.handlers.stop import stop_params, stop_samples
 from stackvi.handlers.strategies import (
@@ -26,6 +29,7 @@ from stackvi.handlers.strategies import (
     simulate,
     strategies,
 )
+from stackvi.handlers.unordered_set import unordered_set
 
 __all__ = [
     "trace",
@@ -49,6 +53,10 @@ __all__ = [
     "enumerate",
     "mvd",
     "disarm",
+    "arm",
+    "unordered_set",
+    "gumbel_softmax",
+    "straight_through",
     "enum_scope",
     "smc_marginalize",
     "smc_filter",
