@@ -59,8 +59,6 @@ STOCHASTIC = ("reinforce", "reinforce-ema", "reinforce-loo", "mvd")
 ALL = ("default", *STOCHASTIC, "enumerate")
 
 
-def xfail(reason: str):
-    return pytest.mark.xfail(strict=True, reason=reason)
 
 
 # --------------------------------------------------------------------------- test_gradient
@@ -142,16 +140,6 @@ GRADIENT_CASES = {
     "model_2": (model_2, guide_2, params_2, np.array([0, 1]), ["a", "b", "c", "d"]),
 }
 
-GRADIENT_XFAIL: dict[tuple[str, str], str] = {
-    ('model_1', 'mvd'): (
-        '2+ mvd sites: spurious ValueError term p:b depends on mvd site b but not along '
-        'its plate(s) [mvd:a]'
-    ),
-    ('model_2', 'mvd'): (
-        '2+ mvd sites: spurious ValueError term p:b depends on mvd site b but not along '
-        'its plate(s) [mvd:a]'
-    ),
-}
 
 
 #: the default (not slow) run: one representative per kind of check
@@ -162,14 +150,11 @@ FAST = {
 }
 
 
-def _params(cases, xfails, strategies=ALL):
+def _params(cases, strategies=ALL):
     out = []
     for case in cases:
         for s in strategies:
             marks = [] if (case, s) in FAST else [pytest.mark.slow]
-            reason = xfails.get((case, s))
-            if reason:
-                marks.append(xfail(reason))
             out.append(pytest.param(case, s, marks=marks, id=f"{case}-{s}"))
     return out
 
@@ -184,7 +169,7 @@ def _exact(key, model, guide, args, init):
     return _EXACT[key]
 
 
-@pytest.mark.parametrize("case,strategy", _params(GRADIENT_CASES, GRADIENT_XFAIL))
+@pytest.mark.parametrize("case,strategy", _params(GRADIENT_CASES))
 def test_gradient(case, strategy):
     model, guide, params, data, sites = GRADIENT_CASES[case]
     args = (data, params)
@@ -305,63 +290,13 @@ KL_MODELS = {m.__name__: m for m in (
     kl_model_0_z1z2z3, kl_model_1_z1z2z3, kl_model_2_z2z3, kl_model_3_z2z3,
     kl_model_4_z3, kl_model_5_z2, kl_model_6_, kl_model_7_z3)}
 
-KL_XFAIL: dict[tuple[str, str], str] = {
-    ('kl_model_0_z1z2z3', 'mvd'): (
-        '2+ mvd sites: spurious ValueError term p:z2 depends on mvd site z2 but not along'
-        ' its plate(s) [mvd:z1]'
-    ),
-    ('kl_model_1_z1z2z3', 'mvd'): (
-        '2+ mvd sites: spurious ValueError term p:z2 depends on mvd site z2 but not along'
-        ' its plate(s) [mvd:z1]'
-    ),
-    ('kl_model_2_z2z3', 'mvd'): (
-        '2+ mvd sites: spurious ValueError term p:z2 depends on mvd site z2 but not along'
-        ' its plate(s) [mvd:z1]'
-    ),
-    ('kl_model_3_z2z3', 'default'): (
-        'model-side enumeration of [d] with guide sites [z1, z2, z3] under enumerate/mvd:'
-        ' ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('kl_model_3_z2z3', 'reinforce'): (
-        'config_enumerate on the model re-enumerates guide-sampled sites: value 1.803 vs '
-        'exact -0.310'
-    ),
-    ('kl_model_4_z3', 'default'): (
-        'model-side enumeration of [d] with guide sites [z1, z2, z3] under enumerate/mvd:'
-        ' ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('kl_model_5_z2', 'default'): (
-        'model-side enumeration of [d] with guide sites [z1, z2, z3] under enumerate/mvd:'
-        ' ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('kl_model_5_z2', 'reinforce'): (
-        'config_enumerate on the model re-enumerates guide-sampled sites: value 1.803 vs '
-        'exact -0.417'
-    ),
-    ('kl_model_6_', 'default'): (
-        'model-side enumeration of [d] with guide sites [z1, z2, z3] under enumerate/mvd:'
-        ' ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('kl_model_6_', 'reinforce'): (
-        'config_enumerate on the model re-enumerates guide-sampled sites: value 1.803 vs '
-        'exact -0.325'
-    ),
-    ('kl_model_7_z3', 'default'): (
-        'model-side enumeration of [d] with guide sites [z1, z2, z3] under enumerate/mvd:'
-        ' ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('kl_model_7_z3', 'reinforce'): (
-        'config_enumerate on the model re-enumerates guide-sampled sites: value 1.803 vs '
-        'exact -0.147'
-    ),
-}
 
 
 def _kl1_params():
     out = []
     for i, case in enumerate(KL_MODELS):
         # the guide is config_enumerate'd: "default" enumerates every site, like "enumerate"
-        out += _params([case], KL_XFAIL, ("default", "reinforce", "mvd") if i < 3
+        out += _params([case], ("default", "reinforce", "mvd") if i < 3
                        else ("default", "reinforce"))
     return out
 
@@ -442,28 +377,10 @@ def kl23_exact_elbo(variant):
     return elbo
 
 
-KL23_XFAIL: dict[tuple[str, str], str] = {
-    ('kl_2', 'mvd'): (
-        '2+ mvd sites: spurious ValueError term p:z2 depends on mvd site z2 but not along'
-        ' its plate(s) [mvd:z1]'
-    ),
-    ('kl_3', 'default'): (
-        'spurious shape-check ValueError at site z2: guide value shape (2,) (carries an '
-        'enumerated/branched dim of an upstream site) vs model shape ()'
-    ),
-    ('kl_3', 'enumerate'): (
-        'spurious shape-check ValueError at site z3: guide value shape (2, 2) (carries an'
-        ' enumerated/branched dim of an upstream site) vs model shape ()'
-    ),
-    ('kl_3', 'mvd'): (
-        'spurious shape-check ValueError at site z3: guide value shape (3, 3) (carries an'
-        ' enumerated/branched dim of an upstream site) vs model shape ()'
-    ),
-}
 
 
-@pytest.mark.parametrize("case,strategy", _params(KL23_MODELS, KL23_XFAIL,
-                                                  ("default", "reinforce", "enumerate", "mvd")))
+@pytest.mark.parametrize("case,strategy", _params(KL23_MODELS,
+                                     ("default", "reinforce", "enumerate", "mvd")))
 def test_analytic_kl_2_3(case, strategy):
     model = KL23_MODELS[case]
     args = (KL23_PARAMS,)
@@ -509,8 +426,6 @@ def make_kl4(z1_dim, z2_dim, scale1, scale2):
 
 KL4_PARAMS = {"probs_z1": jnp.array([0.3, 0.7]), "probs_z2": jnp.array(0.0)}
 KL4_FULL = {(3, 2, 10, 10)}  # default, enumerate, mvd; (2, 3, 1, 1): default
-KL4_XFAIL: dict[tuple[tuple, str], str] = {
-}
 
 
 def _kl4_params():
@@ -518,9 +433,6 @@ def _kl4_params():
     for combo in ((2, 3, 1, 1), (3, 2, 10, 10)):
         for s in ("default", "enumerate", "mvd") if combo in KL4_FULL else ("default",):
             marks = [] if (combo, s) in FAST else [pytest.mark.slow]
-            reason = KL4_XFAIL.get((combo, s))
-            if reason:
-                marks.append(xfail(reason))
             out.append(pytest.param(combo, s, marks=marks,
                                     id="z1dim{}-z2dim{}-scale1_{}-scale2_{}-".format(*combo) + s))
     return out
