@@ -46,7 +46,9 @@ def _binomial_logits(d, value):
 
 def _bernoulli_probs(d, value):
     # NumPyro's returns −inf off {0, 1}; this linear form is its value on {0, 1} and the
-    # continuous extension that relaxed values (handlers.gumbel_softmax) need.
+    # continuous extension that relaxed values (handlers.gumbel_softmax) need. Integer
+    # samples (NumPyro's) become floats: xlogy's JVP cannot multiply an integer's float0.
+    value = jnp.asarray(value, dtype=jnp.result_type(d.probs, float))
     return xlogy(value, d.probs) + xlog1py(1 - value, -d.probs)
 
 
