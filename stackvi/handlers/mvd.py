@@ -22,6 +22,17 @@ Decompositions (θ: c, q⁺, q⁻):
 * Poisson(λ): 1, X + 1, X — Exponential(λ): 1/λ, Exp(λ), Gamma(2, λ)
 * Gamma(α, β), β: α/β, Gamma(α, β), Gamma(α + 1, β); α has no such simple
   decomposition and gets its score-function term (unbiased) instead.
+* Binomial(n, p), p: n, 1 + Y, Y with Y ~ Binomial(n − 1, p) (one Y, shared)
+* Geometric(p) (failures before the first success, P(k) = p(1 − p)^k), p:
+  1/p, the sample X itself, 1 + X + G with G ~ Geometric(p): ``∂_p P(k) =
+  (P(k) − k P(k) p/(1 − p))/p`` and ``k P(k) p/(1 − p)`` is the law of
+  ``1 + G₁ + G₂`` (the size-biased geometric).
+
+Beta and Dirichlet are not here: their parameters are concentrations, and
+like Gamma's α they have no weak-derivative triple with distributions one can
+sample in closed form. Their samplers are implicitly reparameterized, so
+``reparam`` (the default for them) is exact and usually the better choice
+(tests/handlers/test_implicit_reparam.py).
 
 Anything else is an error naming the site and distribution.
 
@@ -117,11 +128,28 @@ def _gamma(d, shape, x, key):
     return y[None], [(beta, alpha / beta, -1, 0), (score, jnp.ones(shape), -1, None)]
 
 
+def _binomial(d, shape, x, key):
+    n = jnp.broadcast_to(d.total_count, shape)
+    p = jnp.broadcast_to(d.probs, shape)
+    y = dist.Binomial(jnp.maximum(n - 1, 0), sg(p)).sample(key)
+    # n = 0: c = 0, and 1 + Y would be off the support (a −inf cost times 0)
+    plus = jnp.where(n > 0, y + 1, y)
+    return jnp.stack([plus, y]), [(p, n.astype(p.dtype), 0, 1)]
+
+
+def _geometric(d, shape, x, key):
+    p = jnp.broadcast_to(d.probs, shape)
+    g = dist.Geometric(probs=sg(p)).sample(key)
+    return (1 + x + g)[None], [(p, 1.0 / p, -1, 0)]
+
+
 DECOMPOSITIONS = {
     dist.BernoulliProbs: _bernoulli, dist.BernoulliLogits: _bernoulli,
     dist.CategoricalProbs: _categorical, dist.CategoricalLogits: _categorical,
     dist.Normal: _normal, dist.Poisson: _poisson, dist.Exponential: _exponential,
     dist.Gamma: _gamma,
+    dist.BinomialProbs: _binomial, dist.BinomialLogits: _binomial,
+    dist.GeometricProbs: _geometric, dist.GeometricLogits: _geometric,
 }
 
 
