@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import sys
 import tempfile
 import time
@@ -40,6 +41,7 @@ CACHE = ROOT / ".cache" / "docs" / "executed"
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 CELL_TIMEOUT_S = 1200
 _TQDM = "TqdmWarning: IProgress not found"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 __all__ = ["tutorials", "to_notebook", "execute", "main"]
 
@@ -136,8 +138,10 @@ def build(path: Path, lib: str | None) -> tuple[str, float | None]:
         try:
             executed = execute(nb, name)
         except CellExecutionError as err:
-            msg = f"docs: tutorials/{path.name} failed while executing:\n{err}"
-            raise SystemExit(msg) from None
+            lines = _ANSI.sub("", str(err)).rstrip().splitlines()
+            tail = "\n".join(lines[:12] + ["..."] + lines[-25:]) if len(lines) > 40 else str(err)
+            raise SystemExit(f"docs: tutorials/{path.name} failed while executing:\n{tail}\n"
+                             f"docs: {path.name}: {err.ename}: {err.evalue}") from None
         seconds, status = time.perf_counter() - start, "executed"
         CACHE.mkdir(parents=True, exist_ok=True)
         for stale in CACHE.glob(f"{name}-*.ipynb"):
