@@ -32,6 +32,7 @@ from stackvi import (
     report,
     sharding,
 )
+from stackvi.advise import Advice, advise
 from stackvi.axes import PARTICLES
 from stackvi.estimators import Objective
 from stackvi.fit import FitResult, fit
@@ -61,6 +62,8 @@ __all__ = [
     "Objective",
     "fit",
     "FitResult",
+    "advise",
+    "Advice",
     "to_arviz",
     "sample",
     "observe",

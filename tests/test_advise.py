@@ -1,0 +1,57 @@
+"""The strategy advisor: rows per applicable strategy, a recommendation that applies in one line."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+from stackvi import estimators, handlers
+from stackvi.advise import advise
+
+
+def model():
+    b = numpyro.sample("b", dist.Bernoulli(0.5))
+    z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+    numpyro.sample("x", dist.Normal(2.0 * b + z, 1.0), obs=1.5)
+
+
+def guide():
+    numpyro.sample("b", dist.Bernoulli(logits=numpyro.param("l", 0.3)))
+    numpyro.sample("z", dist.Normal(numpyro.param("m", 0.0), 0.7))
+
+
+@pytest.mark.slow  # about ten compilations
+def test_advise_measures_applicable_strategies_and_recommends_the_best():
+    obj = estimators.elbo(model, guide, num_particles=2)
+    params = obj.init(jax.random.PRNGKey(0))
+    advice = advise(obj, params, jax.random.PRNGKey(1), num_keys=32, repeats=2)
+    rows = {(r.site, r.label): r for r in advice.rows}
+    # b: score function (with and without LOO), enumeration, MVD, DisARM all apply ...
+    for label in ("reinforce", "reinforce + loo", "enumerate", "mvd", "disarm"):
+        assert rows[("b", label)].error is None, rows[("b", label)]
+    # ... enumeration of a binary site has zero variance from b, so it wins on b
+    assert advice.recommended["b"] == ("enumerate", {})
+    assert rows[("z", "enumerate")].error is not None  # continuous: refused, with the reason
+    assert "no finite support" in rows[("z", "enumerate")].error
+    assert advice.recommended["z"][0] == "reparam"
+    assert advice.combined.score <= advice.default.score
+    assert "| b | enumerate **(best)** |" in advice.table()
+
+    # applied in one line, it is the estimator that was measured: b enumerated exactly
+    tuned = estimators.elbo(model, advice.configure(guide), num_particles=2)
+    _, records = tuned.run(params, jax.random.PRNGKey(2))
+    assert {r.name: r.kind for r in records} == {"b": "enumerate"}
+    value, grads = tuned.value_and_grad(params, jax.random.PRNGKey(3))
+    assert np.isfinite(value) and all(np.isfinite(g) for g in grads.values())
+
+
+def test_sites_claimed_by_the_guide_are_reported_fixed():
+    obj = estimators.elbo(model, handlers.reinforce(guide, sites=["b"]))
+    params = {"l": jnp.array(0.3), "m": jnp.array(0.0)}
+    advice = advise(obj, params, jax.random.PRNGKey(1), num_keys=16, repeats=1)
+    assert advice.fixed == ("b",)
+    assert {r.site for r in advice.rows} == {"z"}
