@@ -391,12 +391,31 @@ def check_case(model, guide, args, strategy: str, sites: Sequence[str], *,
         return value, grads
     values, grads = per_key(obj, params, n, *args, seed=seed)
     assert set(grads) == set(exact_grads), (sorted(grads), sorted(exact_grads))
-    assert_unbiased(values, exact_value, what=f"{strategy}: value")
+    atol = 1e-5 * (1.0 + abs(float(exact_value)))
+    _assert_estimates(values, exact_value, f"{strategy}: value", atol)
     for k in sorted(exact_grads):
         g = np.asarray(grads[k])
         assert np.all(np.isfinite(g)), f"{strategy}: grad {k} not finite"
-        assert_unbiased(g, exact_grads[k], what=f"{strategy}: grad {k}")
+        _assert_estimates(g, exact_grads[k], f"{strategy}: grad {k}", atol)
     return values.mean(0), jax.tree.map(lambda g: g.mean(0), grads)
+
+
+def _assert_estimates(samples, exact, what: str, atol: float) -> None:
+    """:func:`assert_unbiased` elementwise, except where the ``n`` estimates are all equal.
+
+    There (σ̂ = 0: e.g. REINFORCE on a site whose guide probabilities are 0/1, or MVD
+    on independent sites with no data) the z-test's band is zero and its 1e-6 floor
+    is below float32 rounding of a sum of many terms; the estimator is exact there,
+    so it gets the exact comparison's float32 tolerance (see above).
+    """
+    samples = np.asarray(samples, np.float64)
+    exact = np.broadcast_to(np.asarray(exact, np.float64), samples.shape[1:])
+    zero = np.ptp(samples, axis=0) == 0
+    if np.any(zero):
+        np.testing.assert_allclose(samples[0][zero], exact[zero], rtol=1e-4, atol=atol,
+                                   err_msg=f"{what} (zero-variance estimate)")
+    if not np.all(zero):
+        assert_unbiased(samples[:, ~zero], exact[~zero], what=what)
 
 
 

@@ -2092,66 +2092,6 @@ for t, f in ((9, peer_elbo_enumerate_plate_9), (10, peer_elbo_enumerate_plate_10
 
 #: (case, strategy) -> xfail reason
 XFAIL: dict[tuple[str, str], str] = {
-    ('enumerate_1-auto-scale10', 'default'): (
-        'model-side enumeration of [y] with guide sites [x] under enumerate/mvd: '
-        'ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('enumerate_1-auto-scale10', 'enumerate'): (
-        'model-side enumeration of [y] with guide sites [x] under enumerate/mvd: '
-        'ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('enumerate_1-auto-scale10', 'mvd'): (
-        'model-side enumeration of [y] with guide sites [x] under enumerate/mvd: '
-        'ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('enumerate_1-auto-scale10', 'reinforce'): (
-        'model-side enumeration applies scale=10 inside the log-sum: value -19.930 vs '
-        'exact -14.303'
-    ),
-    ('enumerate_2-auto-scale10', 'default'): (
-        'model-side enumeration of [y] with guide sites [x] under enumerate/mvd: '
-        'ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('enumerate_2-auto-scale10', 'enumerate'): (
-        'model-side enumeration of [y] with guide sites [x] under enumerate/mvd: '
-        'ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('enumerate_2-auto-scale10', 'mvd'): (
-        'model-side enumeration of [y] with guide sites [x] under enumerate/mvd: '
-        'ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('enumerate_2-auto-scale10', 'reinforce'): (
-        'model-side enumeration applies scale=10 inside the log-sum: value -20.042 vs '
-        'exact -15.852'
-    ),
-    ('enumerate_3-auto-scale10', 'default'): (
-        'model-side enumeration of [y] with guide sites [x] under enumerate/mvd: '
-        'ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('enumerate_3-auto-scale10', 'enumerate'): (
-        'model-side enumeration of [y] with guide sites [x] under enumerate/mvd: '
-        'ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('enumerate_3-auto-scale10', 'mvd'): (
-        'model-side enumeration of [y] with guide sites [x] under enumerate/mvd: '
-        'ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('enumerate_plate_1-auto-masked-scale10', 'default'): (
-        'model-side enumeration of [y] with guide sites [x] under enumerate/mvd: '
-        'ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('enumerate_plate_1-auto-masked-scale10', 'mvd'): (
-        'model-side enumeration of [y] with guide sites [x] under enumerate/mvd: '
-        'ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('enumerate_plate_1-auto-masked-scale10', 'reinforce'): (
-        'model-side enumeration applies scale=10 inside the log-sum: value -12.070 vs '
-        'exact -6.125'
-    ),
-    ('enumerate_plate_1-hand-masked-scale10', 'default'): (
-        'model-side enumeration of [y] with guide sites [x] under enumerate/mvd: '
-        'ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
     ('enumerate_plate_10-plate', 'mvd'): (
         '2+ mvd sites: spurious ValueError term p:b depends on mvd site b but not along '
         'its plate(s) [mvd:a]'
@@ -2167,67 +2107,6 @@ XFAIL: dict[tuple[str, str], str] = {
     ('enumerate_plate_13-plate', 'mvd'): (
         '2+ mvd sites: spurious ValueError term p:b depends on mvd site b but not along '
         'its plate(s) [mvd:a]'
-    ),
-    ('enumerate_plate_2-auto-masked-scale10', 'default'): (
-        'model-side enumeration of [y] with guide sites [x] under enumerate/mvd: '
-        'ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('enumerate_plate_2-auto-masked-scale10', 'mvd'): (
-        'model-side enumeration of [y] with guide sites [x] under enumerate/mvd: '
-        'ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('enumerate_plate_2-auto-masked-scale10', 'reinforce'): (
-        'model-side enumeration applies scale=10 inside the log-sum: value -17.285 vs '
-        'exact -6.168'
-    ),
-    ('enumerate_plate_2-hand-masked-scale10', 'default'): (
-        'model-side enumeration of [y_0, y_1] with guide sites [x] under enumerate/mvd: '
-        'ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('enumerate_plate_3-auto-masked-scale10', 'default'): (
-        'model-side enumeration of [y] with guide sites [x] under enumerate/mvd: '
-        'ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('enumerate_plate_3-auto-masked-scale10', 'enumerate'): (
-        'model-side enumeration of [y] with guide sites [x] under enumerate/mvd: '
-        'ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('enumerate_plate_3-auto-masked-scale10', 'mvd'): (
-        'model-side enumeration of [y] with guide sites [x] under enumerate/mvd: '
-        'ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('enumerate_plate_3-auto-masked-scale10', 'reinforce'): (
-        'model-side enumeration applies scale=10 inside the log-sum: value -21.596 vs '
-        'exact -10.468'
-    ),
-    ('enumerate_plate_3-hand-masked-scale10', 'default'): (
-        'model-side enumeration of [y_0, y_1] with guide sites [x_0, x_1] under '
-        'enumerate/mvd: ValueError cannot be combined in one objective yet (NumPyro '
-        'allows it)'
-    ),
-    ('enumerate_plate_4-auto-outer1-inner1-scale10', 'default'): (
-        'model-side enumeration applies scale=10 inside the log-sum: value -75.506 vs '
-        'exact -60.651'
-    ),
-    ('enumerate_plate_5-plate', 'reinforce'): (
-        'config_enumerate on the model re-enumerates guide-sampled sites: value -1.414 vs'
-        ' exact -2.607'
-    ),
-    ('enumerate_plate_6-plate-parallel', 'default'): (
-        'model-side enumeration of [a] with guide sites [b] under enumerate/mvd: '
-        'ValueError cannot be combined in one objective yet (NumPyro allows it)'
-    ),
-    ('enumerate_plate_6-plate-parallel', 'reinforce'): (
-        'config_enumerate on the model re-enumerates guide-sampled sites: value -1.923 vs'
-        ' exact -2.515'
-    ),
-    ('enumerate_plate_6-plate-sequential', 'default'): (
-        'config_enumerate on the model re-enumerates guide-sampled sites: value -1.923 vs'
-        ' exact -2.515'
-    ),
-    ('enumerate_plate_7-auto-scale10', 'default'): (
-        'model-side enumeration of [b, d] with guide sites [a] under enumerate/mvd: '
-        'ValueError cannot be combined in one objective yet (NumPyro allows it)'
     ),
     ('enumerate_plate_7-auto-scale10', 'mvd'): (
         'model-side enumeration of [b, d] with guide sites [a, c] under enumerate/mvd: '
@@ -2297,14 +2176,6 @@ XFAIL: dict[tuple[str, str], str] = {
     ('model_enum_subsample_1-scale10', 'default'): (
         'model-side enumeration applies scale=10 inside the log-sum: value -36.731 vs '
         'exact -33.844'
-    ),
-    ('plate_plate', 'enumerate'): (
-        'crossed plates: false ValueError term p:y depends on ... axis enum:x but not '
-        'along its plate outer (size-1 enum dim)'
-    ),
-    ('plate_plate', 'mvd'): (
-        'crossed plates under mvd: false ValueError term p:y depends on mvd site x but '
-        'not along its plate(s) [outer] (size-1 dims)'
     ),
 }
 
