@@ -31,7 +31,7 @@ from stackvi.models import air
 from tests.conftest import assert_unbiased, per_key
 
 CFG = air.AIRConfig(steps=2, canvas=12, object_size=4, z_what=3, rnn_hidden=8,
-                    encoder_hidden=8, decoder_hidden=8)
+                    encoder_hidden=8, decoder_hidden=8, pres_prior=0.5)
 N = 1000                                   # keys per unbiasedness check
 CONTINUOUS = [f"z_{k}_{t}" for t in range(CFG.steps) for k in ("where", "what")]
 PRES = [f"z_pres_{t}" for t in range(CFG.steps)]
