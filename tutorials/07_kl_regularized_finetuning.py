@@ -15,8 +15,8 @@
 # $$J(\pi) = \mathbb{E}_{\pi}[r(x)] - \beta\,\mathrm{KL}(\pi \,\|\, \pi_0).$$
 #
 # Korbak, Perez and Buckley ("RL with KL penalties is better viewed as
-# Bayesian inference", 2022) point out that this is not really RL: it is
-# variational inference with the target
+# Bayesian inference", 2022) point out that maximizing J is not reward
+# maximization at all but variational inference, with the target
 #
 # $$p^*(x) = \frac{1}{Z}\,\pi_0(x)\,e^{r(x)/\beta},$$
 #
@@ -250,25 +250,27 @@ print("reverse-KL optima reached (from π₀, then random starts):", np.round(lo
 
 
 def first_token(params):
-    probs = np.round(np.asarray(jax.nn.softmax(params["first_logits"])), 2).tolist()
-    return dict(zip(TOKENS, probs, strict=True))
+    probs = np.asarray(jax.nn.softmax(params["first_logits"])).tolist()
+    return {t: round(p, 2) for t, p in zip(TOKENS, probs, strict=True)}
 
 
 print("first token of the local optimum from π₀:", first_token(reverse_from_pi0))
 print("first token of the best optimum:        ", first_token(reverse_best))
 
 # %% [markdown]
-# Reverse KL has two optima here. Both commit to a single first token (so the
-# last token can rhyme with it): one to `A`, π₀'s favourite opening, one to
-# `D`, the keyword. That is the mode-seeking behaviour of reverse KL, and it
-# is the objective KL-regularized RL optimizes.
+# Reverse KL has several local optima here (the values above). The two that
+# most starts reach both commit to a single first token, so that the last
+# token can rhyme with it: one to `A`, π₀'s favourite opening, the other to
+# `D`, the keyword. That is the mode-seeking behaviour of reverse KL — and
+# reverse KL is what KL-regularized RL minimizes, as we see next.
 #
 # ## The objectives, as programs
 #
 # **(a) REINFORCE on the reward alone**, `E_π[r]`: a program that simulates
 # the policy and returns the reward. It returns `Terms` (one per particle),
-# so the leave-one-out baseline applies, as for (b) — the only difference
-# between (a) and (b) is the objective.
+# so each site's learning signal is its own particle's reward and the
+# leave-one-out baseline applies, as for (b) — the only difference between
+# (a) and (b) is the objective.
 
 
 # %%
@@ -297,12 +299,14 @@ def expected_reward(guide, num_particles):
 #
 # $$\mathrm{ELBO}(\pi) = \log Z - \mathrm{KL}(\pi \,\|\, p^*).$$
 #
-# So maximizing the KL-penalized reward *is* minimizing KL(π‖p*): its optimum
-# over all distributions is π = p*, a distribution with the entropy of π₀'s
-# tilt, not a point mass. Plain RL is the limit β → 0, where p* collapses
-# onto argmax r. The policy's sites are discrete, so stackvi differentiates
-# them by REINFORCE; `handlers.reinforce(policy, baseline="loo")` gives each
-# of the K particles the mean signal of the other K − 1 as its baseline.
+# So maximizing the KL-penalized reward *is* minimizing KL(π‖p*) (log Z does
+# not depend on π): its optimum over all distributions is π = p* itself, π₀
+# reweighted by exp(r/β) — a distribution, not a point mass. Plain RL is the
+# limit β → 0, where p* collapses onto argmax r.
+#
+# The policy's sites are discrete, so stackvi differentiates them by
+# REINFORCE; `handlers.reinforce(policy, baseline="loo")` gives each of the K
+# particles the mean learning signal of the other K − 1 as its baseline.
 #
 # The penalty can also be written the RL way, as a program: reward minus
 # β·(log π − log π₀) at the sampled sequence, π₀ scored at the policy's
@@ -347,12 +351,13 @@ objectives = {
 # %% [markdown]
 # ## Fine-tuning
 #
-# One optax loop for all four (Adam, step size 0.05, K = 16 particles),
-# compiled as one `scan`; every 20 steps we record the exact metrics of the
-# current policy (from enumeration, outside stackvi's estimates).
+# One optax loop for all four (Adam, step size 0.05 decaying to 0.005 on a
+# cosine schedule, K = 16 particles), compiled as one `scan`; every 20 steps we
+# record the exact metrics of the current policy (by enumeration, not from
+# stackvi's estimates).
 
 # %%
-optimizer = optax.adam(0.05)
+optimizer = optax.adam(optax.cosine_decay_schedule(0.05, STEPS, alpha=0.1))
 
 
 def fine_tune(objective, key):
@@ -418,8 +423,9 @@ for label, params in [("π₀", params0), ("ELBO-trained", trained["(b) ELBO = K
 # **The ELBO is J/β.** The RL-form program (reward − β·KL to π₀ at the sample)
 # and the ELBO, run with the same key at the trained policy (where log π ≠
 # log π₀), draw the same sequences: the values differ by the factor β, and so
-# do the gradient estimates, leave-one-out baselines included. With Adam,
-# which is invariant to the scale of the gradient, they train identically.
+# do the gradient estimates, leave-one-out baselines included. Adam is
+# invariant to the scale of the gradient, so the two train the same policy
+# (up to Adam's ε).
 
 # %%
 p = trained["(b) ELBO = KL-reg. RL"]
@@ -458,23 +464,24 @@ except ImportError:  # pandas is optional
         print(f"{name:28s}" + "".join(f"{v:10.3f}" for v in row.values()))
 
 # %%
-fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+COLORS = {name: f"C{i}" for i, name in enumerate(objectives)}
+fig, axes = plt.subplots(1, 4, figsize=(15, 4))
 steps = np.arange(0, STEPS + 1, EVERY)
 for ax, metric in zip(axes, table["p* (target)"], strict=True):
     for name, h in histories.items():
-        ax.plot(steps, h[metric], label=name)
+        ax.plot(steps, h[metric], color=COLORS[name], label=name)
     if metric in ("E_π[r]", "H(π)"):
         ax.axhline(table["p* (target)"][metric], color="k", ls="--", lw=1, label="p*")
     else:
-        ax.axhline(table["reverse-KL optimum (best)"][metric], color="C1", ls=":", lw=1,
-                   label="reverse-KL optimum")
-        ax.axhline(table["forward-KL optimum"][metric], color="C3", ls=":", lw=1,
-                   label="forward-KL optimum")
+        for ref, ls in [("reverse-KL optimum from π₀", "-."), ("reverse-KL optimum (best)", ":"),
+                        ("forward-KL optimum", "--")]:
+            ax.axhline(table[ref][metric], color="gray", ls=ls, lw=1, label=ref)
         ax.set_yscale("log")
     ax.set_title(metric)
     ax.set_xlabel("step")
-axes[0].legend(fontsize=7)
-fig.tight_layout()
+handles, labels = axes[0].get_legend_handles_labels()
+fig.legend(handles, labels, loc="lower center", ncol=7, fontsize=8)
+fig.tight_layout(rect=(0, 0.08, 1, 1))
 plt.savefig(os.path.join(FIGDIR, "07_kl_finetuning_training.png"), dpi=100)
 plt.show()
 
@@ -492,10 +499,12 @@ def reward_histogram(log_q):
 
 dists = {"π₀": log_pi0, "p*": log_pstar,
          **{name: log_policy_all(params) for name, params in trained.items()}}
+colors = {"π₀": "silver", "p*": "k", **COLORS}
 fig, ax = plt.subplots(figsize=(9, 3.6))
 width = 0.8 / len(dists)
 for i, (name, log_q) in enumerate(dists.items()):
-    ax.bar(levels + (i - len(dists) / 2) * width, reward_histogram(log_q), width, label=name)
+    ax.bar(levels + (i - len(dists) / 2 + 0.5) * width, reward_histogram(log_q), width,
+           color=colors[name], label=name)
 ax.set_xlabel("reward r(x)")
 ax.set_ylabel("probability")
 ax.legend(fontsize=7)
@@ -513,21 +522,29 @@ for name, params in trained.items():
 # What the results show:
 #
 # * **REINFORCE on the reward collapses.** Its policy puts almost all its
-#   mass on `DDDDDD`: the highest expected reward, an entropy near zero, and
-#   a forward KL(p*‖π) far *above* π₀'s — the fine-tuned model can no longer
-#   produce most of what p* (or π₀) would say. Nothing in E_π[r] asks it to.
-# * **The ELBO (KL-regularized RL)** lowers KL(π‖p*) from π₀'s value to
-#   close to the reverse-KL optimum reachable from π₀: it converges to a
-#   *distribution*, with a reward between π₀'s and the maximum. Being
-#   reverse KL, it is mode-seeking: it settles on one opening token (the
-#   local optimum nearest π₀, not the best one) and has a lower entropy than
-#   p* and a large KL(p*‖π).
-# * **IWAE and RWS** cover p*'s mass: their KL(p*‖π) is several times
-#   smaller than the ELBO's, near the forward-KL optimum, at the price of a
-#   larger KL(π‖p*) — they keep probability on all four openings.
+#   mass on one sequence (`ADDDDA`: four keywords and a rhyme — not even the
+#   best sequence `DDDDDD`, since gradient ascent on E_π[r] stops at the first
+#   corner of the simplex it reaches). The entropy goes to zero, and
+#   KL(p*‖π) grows far *above* π₀'s: the fine-tuned model can no longer say
+#   most of what p* (or π₀) would. Nothing in E_π[r] asks it to.
+# * **The ELBO (KL-regularized RL)** lowers KL(π‖p*) from π₀'s 2.9 to the
+#   reverse-KL optimum reachable from π₀ (1.31): it converges to a
+#   *distribution*, not a point mass. Being reverse KL it is mode-seeking:
+#   it commits to the opening `A` (the local optimum nearest π₀, not the
+#   global one, which opens with `D`), its entropy is below p*'s and its
+#   KL(p*‖π) stays large.
+# * **IWAE and RWS** cover p*'s mass instead: their KL(p*‖π) is about a third
+#   of the ELBO's — IWAE's close to the forward-KL optimum (1.03), RWS's a
+#   little above it (its self-normalized weights from K = 16 policy samples
+#   are biased toward the policy) — at the price of a larger KL(π‖p*). They
+#   keep all four openings, most on `D`.
+# * No first-order policy reaches p*'s expected reward (4.45): p* earns much
+#   of it from rhymes, which need the first and the last token to be
+#   correlated. The distribution-matching objectives end between 3 and 3.7,
+#   as do the two divergences' optima.
 #
-# The three distribution-matching objectives differ in *which* divergence they
-# trade; the RL objective has no divergence to p* at all.
+# The three distribution-matching objectives differ in *which* divergence to
+# p* they trade off; the RL objective has no divergence to p* at all.
 
 # %%
 final = {name: {m: v[-1] for m, v in h.items()} for name, h in histories.items()}
