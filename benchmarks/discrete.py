@@ -1,29 +1,39 @@
 """Gradient estimators for discrete latents: step time and gradient variance, vs NumPyro.
 
-Two models from :mod:`stackvi.models.mixtures`, each with one discrete
-assignment ``z_n`` per data point and pathwise continuous latents:
+Three models, each with one discrete latent per data point and pathwise
+continuous latents:
 
 * a mixture of 10 product-Bernoulli images on the 1,797 binarized sklearn
-  digits (amortized linear encoder for ``z``),
-* a 1-D Gaussian mixture (K = 3) on synthetic data.
+  digits (Categorical assignment ``z``, amortized linear encoder),
+* a 1-D Gaussian mixture (K = 3) on synthetic data (Categorical ``z``),
+* a two-template Bernoulli model on the digits with a *Bernoulli* switch
+  ``b`` per image (amortized linear encoder; the model uses ``b``
+  arithmetically, so the relaxations apply).
 
-Estimators of the ELBO gradient, all on the same model, guide and params:
+Estimators of the ELBO gradient, all on the same model, guide and params —
+every stackvi strategy that applies to the site:
 
-* stackvi ``reinforce`` / ``mvd`` / ``enumerate`` on ``z`` (``reparam`` for
-  the rest), and model-side enumeration (guide without ``z``, the assignment
-  summed out of the model);
+* Categorical ``z``: ``reinforce``, ``mvd``, ``enumerate``, ``unordered_set``
+  (k = 2 and 3) and model-side enumeration (guide without ``z``);
+* Bernoulli ``b``: ``reinforce``, ``mvd``, ``enumerate``, ``disarm``, ``arm``,
+  model-side enumeration, and the *biased* ``gumbel_softmax`` /
+  ``straight_through`` (τ = 0.5), whose rows also give their bias: the
+  distance of their mean gradient from enumerate's (an unbiased estimate of
+  the exact gradient whose own noise comes only from the continuous
+  latents), relative to its norm;
 * NumPyro ``TraceGraph_ELBO`` (REINFORCE with plate Rao-Blackwellization, the
   same estimator as stackvi ``reinforce``) and ``TraceEnum_ELBO`` on
-  ``config_enumerate(model)`` with the guide without ``z`` (the same estimator
-  as stackvi's model-side enumeration).
+  ``config_enumerate(model)`` with the guide without the discrete site (the
+  same estimator as stackvi's model-side enumeration).
 
 Per estimator: the median time of one jitted ``value_and_grad`` step
 (``block_until_ready``; fresh key each call), and the gradient variance: the
-sum over the *encoder* parameters of ``z`` (where the strategies differ) of
-the per-entry variance across R keys, or over the continuous latents' location
-params for model-side enumeration (no encoder there; the same, unconstrained,
-space in stackvi and NumPyro). "var × time" is the cost to reach a given
-gradient accuracy. Ratios are against the NumPyro estimator of the same kind.
+sum over the *encoder* parameters of the discrete site (where the strategies
+differ) of the per-entry variance across R keys, or over the continuous
+latents' location params for model-side enumeration (no encoder there; the
+same, unconstrained, space in stackvi and NumPyro). "var × time" is the cost
+to reach a given gradient accuracy. Ratios are against the NumPyro estimator
+of the same kind.
 
     python benchmarks/discrete.py [--quick] [--write-docs]
 
@@ -38,21 +48,69 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
+import numpyro.distributions as dist
 from _docs import write_section  # noqa: E402  (benchmarks/ is on sys.path)
 from numpyro.contrib.funsor import config_enumerate
+from numpyro.distributions import constraints
 from numpyro.infer import TraceEnum_ELBO, TraceGraph_ELBO
 
 from stackvi import estimators
-from stackvi.handlers import enumerate as enum
-from stackvi.handlers import mvd, reinforce
+from stackvi import handlers as h
 from stackvi.models import mixtures
 
 SECTION = "discrete"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def _switch_model(x):
+    n, d = x.shape
+    theta = numpyro.sample("theta", dist.Normal(0.0, 1.0).expand([2, d]).to_event(2))
+    with numpyro.plate("data", n):
+        b = numpyro.sample("z", dist.Bernoulli(0.5))
+        # b used arithmetically: template 0 or 1 (relaxed values interpolate)
+        logits = theta[0] + jnp.expand_dims(b, -1) * (theta[1] - theta[0])
+        numpyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+
+def _switch_guide(x, with_z: bool = True):
+    n, d = x.shape
+    m = numpyro.param("theta_loc", jnp.zeros((2, d)))
+    s = numpyro.param("theta_scale", 0.1 * jnp.ones((2, d)), constraint=constraints.positive)
+    numpyro.sample("theta", dist.Normal(m, s).to_event(2))
+    if with_z:
+        w = numpyro.param("W", jnp.zeros(d))
+        c = numpyro.param("c", jnp.zeros(()))
+        with numpyro.plate("data", n):
+            numpyro.sample("z", dist.Bernoulli(logits=x @ w + c))
+
+
+switch = SimpleNamespace(model=_switch_model, guide=_switch_guide, z_params=("W", "c"),
+                         loc_params=("theta_loc",))
+
+CATEGORICAL = {
+    "stackvi reinforce": lambda g: h.reinforce(g, sites=["z"]),
+    "stackvi mvd": lambda g: h.mvd(g, sites=["z"]),
+    "stackvi enumerate": lambda g: h.enumerate(g, sites=["z"]),
+    "stackvi unordered_set k=2": lambda g: h.unordered_set(g, sites=["z"], k=2),
+    "stackvi unordered_set k=3": lambda g: h.unordered_set(g, sites=["z"], k=3),
+}
+BERNOULLI = {
+    "stackvi reinforce": lambda g: h.reinforce(g, sites=["z"]),
+    "stackvi mvd": lambda g: h.mvd(g, sites=["z"]),
+    "stackvi enumerate": lambda g: h.enumerate(g, sites=["z"]),
+    "stackvi disarm": lambda g: h.disarm(g, sites=["z"]),
+    "stackvi arm": lambda g: h.arm(g, sites=["z"]),
+    "stackvi gumbel_softmax τ=0.5 (biased)":
+        lambda g: h.gumbel_softmax(g, sites=["z"], temperature=0.5, biased=True),
+    "stackvi straight_through τ=0.5 (biased)":
+        lambda g: h.straight_through(g, sites=["z"], temperature=0.5, biased=True),
+}
 
 
 def _median_time(step, params, repeats: int, calls: int = 20) -> float:
@@ -73,35 +131,48 @@ def _median_time(step, params, repeats: int, calls: int = 20) -> float:
     return statistics.median(times)
 
 
-def _variance(grad_of_key, names, num_keys: int) -> float:
+def _grads(grad_of_key, names, num_keys: int) -> dict:
     keys = jax.random.split(jax.random.PRNGKey(123), num_keys)
     grads = jax.jit(lambda ks: jax.lax.map(grad_of_key, ks))(keys)
-    return float(sum(jnp.sum(jnp.var(grads[n], axis=0)) for n in names))
+    return {n: np.asarray(grads[n]) for n in names}
 
 
-def measure(spec, x, repeats: int, num_keys: int) -> list[dict]:
+def _variance(grads: dict) -> float:
+    return float(sum(np.sum(np.var(g, axis=0)) for g in grads.values()))
+
+
+def _relative_bias(grads: dict, reference: dict) -> float:
+    """‖mean − mean_ref‖ / ‖mean_ref‖ over the encoder params (reference: enumerate)."""
+    diff = sum(np.sum((g.mean(0) - reference[n].mean(0)) ** 2) for n, g in grads.items())
+    norm = sum(np.sum(reference[n].mean(0) ** 2) for n in grads)
+    return float(np.sqrt(diff / norm))
+
+
+def measure(spec, x, repeats: int, num_keys: int, strategies: dict) -> list[dict]:
     model, guide = spec.model, spec.guide
 
     def no_z(*a, **k):
         return guide(*a, with_z=False, **k)
 
-    stackvi = {
-        "stackvi reinforce": estimators.elbo(model, reinforce(guide, sites=["z"])),
-        "stackvi mvd": estimators.elbo(model, mvd(guide, sites=["z"])),
-        "stackvi enumerate": estimators.elbo(model, enum(guide, sites=["z"])),
-        "stackvi model-side enumeration": estimators.elbo(model, no_z),
-    }
+    stackvi = {label: estimators.elbo(model, wrap(guide)) for label, wrap in strategies.items()}
+    stackvi["stackvi model-side enumeration"] = estimators.elbo(model, no_z)
     params = stackvi["stackvi reinforce"].init(jax.random.PRNGKey(0), x)
     params_no_z = stackvi["stackvi model-side enumeration"].init(jax.random.PRNGKey(0), x)
-    rows = []
+    rows, enum_grads = [], None
     for label, obj in stackvi.items():
         p = params_no_z if "model-side" in label else params
         names = list(spec.loc_params if "model-side" in label else spec.z_params)
         step = jax.jit(lambda p, k, obj=obj: obj.value_and_grad(p, k, x))
-        rows.append({"estimator": label, "seconds": _median_time(step, p, repeats),
-                     "variance": _variance(lambda k, obj=obj, p=p: obj.value_and_grad(p, k, x)[1],
-                                           names, num_keys)})
-        print(f"  {label:34s} {rows[-1]['seconds'] * 1e3:9.2f} ms  var {rows[-1]['variance']:.4g}",
+        grads = _grads(lambda k, obj=obj, p=p: obj.value_and_grad(p, k, x)[1], names, num_keys)
+        row = {"estimator": label, "seconds": _median_time(step, p, repeats),
+               "variance": _variance(grads)}
+        if label == "stackvi enumerate":
+            enum_grads = grads
+        if "biased" in label and enum_grads is not None:
+            row["bias"] = _relative_bias(grads, enum_grads)
+        rows.append(row)
+        print(f"  {label:40s} {row['seconds'] * 1e3:9.2f} ms  var {row['variance']:.4g}"
+              + (f"  rel. bias {row['bias']:.3f}" if "bias" in row else ""),
               file=sys.stderr, flush=True)
 
     # NumPyro works in the constrained space; the encoder params are unconstrained
@@ -120,7 +191,8 @@ def measure(spec, x, repeats: int, num_keys: int) -> list[dict]:
 
         step = jax.jit(vg)
         rows.append({"estimator": label, "seconds": _median_time(step, p, repeats),
-                     "variance": _variance(lambda k, vg=vg, p=p: vg(p, k)[1], names, num_keys)})
+                     "variance": _variance(_grads(lambda k, vg=vg, p=p: vg(p, k)[1], names,
+                                                  num_keys))})
         print(f"  {label:34s} {rows[-1]['seconds'] * 1e3:9.2f} ms  var {rows[-1]['variance']:.4g}",
               file=sys.stderr, flush=True)
     return rows
@@ -138,8 +210,9 @@ def table(results: dict[str, list[dict]], repeats: int, num_keys: int) -> str:
         "Device: "
         f"{jax.devices()[0].device_kind}, {jax.__version__}.",
         "",
-        "| model | estimator | step (ms) | grad variance | var × time | time ratio | var ratio |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | estimator | step (ms) | grad variance | var × time | time ratio | var ratio "
+        "| rel. bias |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for model, rows in results.items():
         by = {r["estimator"]: r for r in rows}
@@ -148,13 +221,22 @@ def table(results: dict[str, list[dict]], repeats: int, num_keys: int) -> str:
             t_ratio = f"{r['seconds'] / ref['seconds']:.2f}" if ref else ""
             v_ratio = (f"{r['variance'] / ref['variance']:.2f}"
                        if ref and ref["variance"] > 0 else "")
+            bias = f"{r['bias']:.3f}" if "bias" in r else ""
             lines.append(
                 f"| {model} | {r['estimator']} | {r['seconds'] * 1e3:.2f} | {r['variance']:.3g} "
-                f"| {r['variance'] * r['seconds']:.3g} | {t_ratio} | {v_ratio} |")
+                f"| {r['variance'] * r['seconds']:.3g} | {t_ratio} | {v_ratio} | {bias} |")
     lines += ["", "Ratios: stackvi reinforce vs NumPyro TraceGraph_ELBO (same estimator), "
               "stackvi model-side enumeration vs NumPyro TraceEnum_ELBO (same estimator). "
               "Enumeration is exact in z, so the variance left in its encoder gradient comes "
-              "only from the pathwise continuous latents it is conditioned on."]
+              "only from the pathwise continuous latents it is conditioned on. Rel. bias (biased "
+              "strategies only): ‖mean gradient − enumerate's mean gradient‖ / ‖enumerate's‖ over "
+              "the encoder params, at the same keys; it includes the sampling error of both "
+              "means, so small values are not resolved.",
+              "",
+              "Storchastic (van Krieken, Tomczak & ten Teije, NeurIPS 2021) offers most of these "
+              "estimators in PyTorch, but its paper publishes no gradient-variance or step-time "
+              "table on these models (its experiments are a discrete VAE on MNIST), so there are "
+              "no published numbers to set beside these; none are quoted."]
     return "\n".join(lines)
 
 
@@ -171,18 +253,23 @@ def main(argv=None) -> None:
     ap.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--keys", type=int, default=None, help="keys for the gradient variance")
+    ap.add_argument("--only", default=None, help="run only the models whose name contains this")
     a = ap.parse_args(argv)
     repeats = a.repeats or (5 if a.quick else 30)
     num_keys = a.keys or (50 if a.quick else 400)
+    digits = mixtures.digits(300 if a.quick else None)
     data = {
-        "Bernoulli mixture, digits": (mixtures.bernoulli_mixture,
-                                      mixtures.digits(300 if a.quick else None)),
-        "Gaussian mixture, 1-D": (mixtures.gmm, mixtures.gmm_data(200 if a.quick else 1000)),
+        "Bernoulli mixture, digits": (mixtures.bernoulli_mixture, digits, CATEGORICAL),
+        "Gaussian mixture, 1-D": (mixtures.gmm, mixtures.gmm_data(200 if a.quick else 1000),
+                                  CATEGORICAL),
+        "Bernoulli switch, digits": (switch, digits, BERNOULLI),
     }
     results = {}
-    for name, (spec, x) in data.items():
+    for name, (spec, x, strategies) in data.items():
+        if a.only and a.only not in name:
+            continue
         print(f"{name} (N = {x.shape[0]})", file=sys.stderr)
-        results[f"{name} (N = {x.shape[0]})"] = measure(spec, x, repeats, num_keys)
+        results[f"{name} (N = {x.shape[0]})"] = measure(spec, x, repeats, num_keys, strategies)
     text = table(results, repeats, num_keys)
     print(text)
     if a.write_docs:
