@@ -446,9 +446,6 @@ def test_plate_stack_sizes():
     numpyro.handlers.seed(model, 0)()
 
 
-GUIDE_IS_MODEL = "guide = model: every ELBO sample is exactly 0"
-
-
 @pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
 @SLOW
 def test_nested_plate_plate_ok(strategy):
@@ -460,10 +457,6 @@ def test_nested_plate_plate_ok(strategy):
                 numpyro.sample("y", dist.Bernoulli(p).expand([len(ind_inner), len(ind_outer)]))
 
     assert_ok(model, model, strategy, exact=0.0)
-
-
-SIZE1_PLATES = ("enumerate on crossed/non-nested plates: size-1 enum dims raise a false "
-                "'must live in the same plate' error")
 
 
 @pytest.mark.parametrize("strategy", [pytest.param("default", marks=SLOW), "enumerate"])
@@ -759,7 +752,7 @@ def test_enum_discrete_iplates_plate_dependency_warning(strategy):
     assert_ok(model, model, strategy, exact=0.0)
 
 
-@pytest.mark.parametrize("strategy", ["default", pytest.param("enumerate", marks=xf(SIZE1_PLATES))])
+@pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
 @SLOW
 def test_enum_discrete_plates_dependency_ok(strategy):
     def model():
@@ -811,7 +804,7 @@ def test_plate_shape_broadcasting():
     assert_ok(model, guide)
 
 
-@pytest.mark.parametrize("strategy", ["default", pytest.param("enumerate", marks=xf(SIZE1_PLATES))])
+@pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
 @SLOW
 def test_enum_discrete_plate_shape_broadcasting_ok(strategy):
     def model():
@@ -907,11 +900,6 @@ def enum_in_model_pair(plate):
     return model, guide
 
 
-ENUM_MODEL_RESHAPE = ("model-side enumeration (c, f) next to REINFORCE guide sites: TypeError "
-                      "'cannot reshape array of shape (2,) into shape ()' (in the plate: (2, 3) "
-                      "into (3,))")
-
-
 @pytest.mark.parametrize("strategy,plate", [
     # Pyro: b, e enumerated
     pytest.param("enumerate", False, id="enumerate-enum_in_model",
@@ -968,10 +956,6 @@ def test_enum_in_model_plate_reuse_ok():
         pass
 
     assert_ok(model, guide, exact="brute")
-
-
-MULTI_SCALE = ("model-side enumeration group with two different poutine.scale values runs "
-               "silently instead of raising")
 
 
 def test_enum_in_model_multi_scale_error():
@@ -1047,7 +1031,7 @@ def test_vectorized_num_particles():
 
 
 @pytest.mark.parametrize("num_particles", [1, 50])
-@pytest.mark.parametrize("strategy", ["default", pytest.param("enumerate", marks=xf(SIZE1_PLATES))])
+@pytest.mark.parametrize("strategy", ENUM_OR_DEFAULT)
 @SLOW
 def test_enum_discrete_vectorized_num_particles(strategy, num_particles):
     def model():
