@@ -145,11 +145,6 @@ def log_normal(x, loc, scale):
     return -0.5 * jnp.log(2 * jnp.pi * scale**2) - (x - loc) ** 2 / (2 * scale**2)
 
 
-PARTICLES_CLASH = (
-    "a user plate named 'particles' collides with stackvi's particle axis: TypeError "
-    "'transpose permutation isn't a permutation of operand dimensions'")
-
-
 # --------------------------------------------------------------------------- elbo_bern
 
 
@@ -362,9 +357,6 @@ def test_elbo_iplate(pair, plate_dim):
              lambda c: -P * (1 + plate_dim) * kl_bern(c["q"], p), {"q": 0.75})
 
 
-CROSSED_PLATES = ("enumerate on crossed plates: false ValueError \"term 'p:y' depends on the "
-                  "enumerated/branched site of axis 'enum:x' but not along its plate 'outer'\" "
-                  "(y does not depend on x)")
 IPLATE_PLATE = ("enumerate: false ValueError \"term 'p:y_1' depends on the enumerated/branched "
                 "site of axis 'enum:z_0' but not along its plate 'inner'\" (y_1 does not "
                 "depend on z_0)")
