@@ -48,12 +48,29 @@ def score_model(model: Callable, guide_trace: dict, *args, **kwargs):
     guide's sites learn which of its terms cannot depend on them
     (:func:`~stackvi.gradients.structure.mark_upstream`).
     """
-    model_trace = numbered(trace(replay(model, guide_trace)).get_trace(*args, **kwargs))
+    try:
+        model_trace = numbered(trace(replay(model, guide_trace)).get_trace(*args, **kwargs))
+    except (ValueError, TypeError, IndexError) as err:
+        laid_out = _laid_out_sites(guide_trace)
+        if not laid_out or "broadcast" not in str(err) and "shape" not in str(err):
+            raise
+        raise ValueError(
+            f"the model failed on the guide's values with a shape error ({err}). Guide "
+            f"site(s) {laid_out} carry extra leading dims (their support or branches, laid out "
+            "by enumerate/mvd/disarm), and model code must broadcast over them: index with "
+            "numpyro.ops.indexing.Vindex (Vindex(locs)[..., z]) and address the site's own "
+            "dims from the right (negative axes); or use reinforce for those sites."
+        ) from err
     _check(model_trace, guide_trace)
     rec = current_recorder()
     if rec is not None:
         mark_upstream(rec, guide_trace, model_trace)
     return model_trace
+
+
+def _laid_out_sites(guide_trace: dict) -> list[str]:
+    return [n for n, s in guide_trace.items()
+            if s["type"] == "sample" and s["infer"].get("_stackvi_owns_value")]
 
 
 def model_density(model: Callable, guide_trace: dict, *args, **kwargs) -> Terms:

@@ -604,3 +604,51 @@ def test_intractable_model_enumeration_names_sites_and_plates():
     with pytest.raises(ValueError, match=r"\['a', 'b', 'c'\] over plates \['b_axis', "
                                          r"'c_axis'\] is intractable"):
         obj.estimate({}, jax.random.PRNGKey(0))
+
+
+# -- peer re-run (GenJAX flip_batched): a guide-only program checks plate dims too -------------
+
+@pytest.mark.parametrize("wrap", [handlers.enumerate, handlers.mvd])
+def test_laid_out_dim_summed_in_guide_only_program_is_an_error(wrap):
+    """A program that never scores a model (the cost a guide factor, as ADEV writes it) once
+    summed a plated site's enumerated/branch dim into the plate's: gradient 0, silently."""
+    from stackvi.handlers import enum_scope
+    from stackvi.terms import Terms, site_log_prob
+
+    def guide():
+        q = numpyro.param("q", jnp.array([0.2, 0.7]))
+        with numpyro.plate("batch", 2):
+            x = numpyro.sample("x", dist.Bernoulli(q))
+        numpyro.factor("cost", jnp.sum(x, -1))  # should be keepdims / inside the plate
+
+    g = wrap(guide, sites=["x"])
+
+    def program():
+        with enum_scope(g, g):
+            return Terms((site_log_prob(simulate(g)["cost"]),))
+
+    obj = Objective(program, g, g)
+    with pytest.raises(ValueError, match="site 'cost'.*no plate declares it"):
+        obj.value_and_grad({"q": jnp.array([0.2, 0.7])}, jax.random.PRNGKey(0))
+
+
+# -- a model that indexes a branched site without Vindex gets a clear error ---------------------
+
+def test_branched_vector_site_indexed_without_vindex_is_a_clear_error():
+    x = jnp.array([-2.0, 0.1, 2.5, 1.0])
+
+    def model(x):
+        locs = numpyro.sample("locs", dist.Normal(0.0, 3.0).expand([3]).to_event(1))
+        with numpyro.plate("data", x.shape[0]):
+            z = numpyro.sample("z", dist.Categorical(jnp.ones(3) / 3))
+            numpyro.sample("x", dist.Normal(locs[z], 1.0), obs=x)  # Vindex(locs)[..., z] works
+
+    def guide(x):
+        numpyro.sample("locs", dist.Normal(numpyro.param("m", jnp.zeros(3)), 1.0).to_event(1))
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("z", dist.Categorical(logits=numpyro.param("zl", jnp.zeros((4, 3)))))
+
+    obj = estimators.elbo(model, handlers.mvd(guide, sites=["locs"]))
+    params = obj.init(jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match=r"\['locs'\] carry extra leading dims.*Vindex"):
+        obj.value_and_grad(params, jax.random.PRNGKey(1), x)
