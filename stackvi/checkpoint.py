@@ -52,11 +52,39 @@ _PARTS = ("params", "raw_params", "opt_state", "baseline_state")
 
 
 class FitResult(NamedTuple):
+    """What a fit leaves: NumPyro's ``SVIRunResult`` (``params``, ``losses``) and more.
+
+    ``params`` is what ``svi.get_params(state)`` gives; :meth:`evaluate` what
+    ``svi.evaluate(state, *args)`` gives, as an objective (higher is better).
+    """
+
     params: dict  # constrained: what the model and guide see
     raw_params: dict  # unconstrained: the optimizer's space, for obj.estimate & co.
     opt_state: Any
-    baseline_state: dict
+    baseline_state: dict  # the objective's state: baselines by site, numpyro.mutable values
     history: np.ndarray  # objective estimate at every step (higher is better)
+    objective: Any = None  # the fitted Objective (None for a result read from a file)
+
+    @property
+    def losses(self) -> np.ndarray:
+        """NumPyro's loss at every step: minus :attr:`history`."""
+        return -self.history
+
+    @property
+    def mutable_state(self) -> dict | None:
+        """The values of the ``numpyro.mutable`` sites (e.g. BatchNorm statistics), or None."""
+        return (self.baseline_state or {}).get("numpyro.mutable")
+
+    def evaluate(self, rng_key, *args, **kwargs):
+        """An estimate of the objective at the fitted params (with the fitted mutable state),
+        for ``args``/``kwargs`` of the model: NumPyro's ``svi.evaluate``, with its sign flipped
+        (its loss is minus the ELBO)."""
+        if self.objective is None:
+            raise ValueError("evaluate: this result has no objective (it was read from a "
+                             "file); use objective.estimate_with_state(result.raw_params, "
+                             "result.baseline_state, rng_key, *args)")
+        return self.objective.estimate_with_state(self.raw_params, self.baseline_state,
+                                                  rng_key, *args, **kwargs)
 
 
 def _file_mode() -> int:

@@ -64,7 +64,7 @@ from stackvi.checkpoint import (
     save,
 )
 from stackvi.estimators import NonFiniteError, Objective
-from stackvi.fit_args import check_args
+from stackvi.fit_args import check_args, is_numpyro_optim
 
 __all__ = ["fit", "FitResult", "FitInterrupted", "CheckpointError", "save", "load",
            "parse_every"]
@@ -87,10 +87,15 @@ class FitInterrupted(KeyboardInterrupt):
 
 # --------------------------------------------------------------------------- the compiled loop
 
-def _split_static(tree):
-    """Separate array leaves (traced) from everything else (closed over, static)."""
+def _split_static(tree, close_over=False):
+    """Separate array leaves (traced) from everything else (closed over, static).
+
+    With ``close_over`` every leaf is closed over, arrays included (as NumPyro's
+    ``SVI.run`` does): the model sees concrete data; arrays enter the cache key
+    by identity (the cache entry keeps them alive).
+    """
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    is_array = [isinstance(x, (jax.Array, np.ndarray)) for x in leaves]
+    is_array = [not close_over and isinstance(x, (jax.Array, np.ndarray)) for x in leaves]
     dynamic = [x for x, a in zip(leaves, is_array, strict=True) if a]
     static = [None if a else x for x, a in zip(leaves, is_array, strict=True)]
 
@@ -100,7 +105,8 @@ def _split_static(tree):
             treedef, [next(it) if a else s for a, s in zip(is_array, static, strict=True)]
         )
 
-    key = (treedef, tuple((type(s), s) for s in static))
+    key = (treedef, tuple((type(s), id(s)) if isinstance(s, (jax.Array, np.ndarray))
+                          else (type(s), s) for s in static))
     try:
         hash(key)
     except TypeError:
@@ -117,9 +123,12 @@ def _make_loop(objective, optimizer, merge, size):
         params, opt_state, bstate = carry
         a, kw = merge(dyn)
         value, grads, bstate = objective.value_and_grad_with_state(params, bstate, key, *a, **kw)
-        # optax minimizes; we maximize the objective.
-        updates, opt_state = optimizer.update(jax.tree_util.tree_map(jnp.negative, grads),
-                                              opt_state, params)
+        # optax and numpyro.optim minimize; we maximize the objective.
+        loss_grads = jax.tree_util.tree_map(jnp.negative, grads)
+        if is_numpyro_optim(optimizer):  # as NumPyro's SVI: the params are the state's
+            opt_state = optimizer.update(loss_grads, opt_state, value=-value)
+            return value, grads, (optimizer.get_params(opt_state), opt_state, bstate)
+        updates, opt_state = optimizer.update(loss_grads, opt_state, params)
         return value, grads, (optax.apply_updates(params, updates), opt_state, bstate)
 
     def loop(carry, base_key, start, count, dyn):
@@ -148,15 +157,16 @@ def _make_loop(objective, optimizer, merge, size):
     return jax.jit(loop), step
 
 
-def _compiled(objective, optimizer, args, kwargs, size):
-    dynamic, merge, static_key = _split_static((args, kwargs))
+def _compiled(objective, optimizer, args, kwargs, size, close_over=False):
+    dynamic, merge, static_key = _split_static((args, kwargs), close_over)
     key = None if static_key is None else (id(objective), id(optimizer), size, static_key)
     if key is not None and key in _CACHE:
         _CACHE.move_to_end(key)
         return dynamic, _CACHE[key][2], _CACHE[key][3], merge
     loop, step = _make_loop(objective, optimizer, merge, size)
-    if key is not None:  # the entry keeps objective and optimizer alive, so ids stay unique
-        _CACHE[key] = (objective, optimizer, loop, step)
+    if key is not None:  # the entry keeps objective, optimizer and closed-over arrays alive,
+        # so ids stay unique
+        _CACHE[key] = (objective, optimizer, loop, step, (args, kwargs) if close_over else None)
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return dynamic, loop, step, merge
@@ -179,23 +189,37 @@ def fit(
     chunk_size: int | None = None,
     progress: bool = True,
     init_params: dict | None = None,
+    init_state: dict | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: int | str | None = None,
     resume: str | Path | None = None,
+    static_args: bool | None = None,
     **kwargs,
 ) -> FitResult:
     """Run stochastic gradient ascent on ``objective`` until ``num_steps`` steps are done.
 
-    ``init_params`` (unconstrained) overrides ``objective.init``. ``checkpoint``
+    ``init_params`` (unconstrained) overrides ``objective.init``, ``init_state``
+    ``objective.init_state`` (baseline states and ``numpyro.mutable`` values, e.g. a
+    previous result's ``baseline_state``). ``checkpoint``
     is a file path (``.npz``) written every ``checkpoint_every`` steps (``500``)
     and/or seconds (``"30s"``, ``"500,30s"``; default ``"30s"``), at the end, on
     Ctrl-C and on a non-finite step. ``resume`` loads such a file and continues
     the same run up to ``num_steps`` steps in total; with the same ``rng_key``
     the result is bit for bit that of an uninterrupted run. A checkpoint from
     another objective, model/guide or optimizer is refused.
+
+    ``optimizer``: an optax ``GradientTransformation`` or a ``numpyro.optim``
+    optimizer (``numpyro.optim.Adam(1e-3)``), which steps as in NumPyro's ``SVI``.
+
+    ``static_args``: how ``args``/``kwargs`` enter the compiled loop. ``None``
+    (default): array arguments are traced (one compilation serves any data of
+    the same shapes); if the model needs concrete values (``int(np.max(x))``,
+    ``np.unique(x)``), they are closed over as constants instead, as NumPyro's
+    ``SVI.run`` does. ``True``: always closed over. ``False``: always traced;
+    a model that needs concrete values is an error naming the argument.
     """
     check_args(objective, rng_key, optimizer, num_steps, chunk_size, progress, init_params,
-                checkpoint, checkpoint_every, resume)
+                checkpoint, checkpoint_every, resume, static_args, init_state)
     optimizer = optimizer if optimizer is not None else _DEFAULT_OPTIMIZER
     every_steps, every_s = (None, None) if checkpoint is None else parse_every(
         checkpoint_every if checkpoint_every is not None else DEFAULT_CHECKPOINT_EVERY)
@@ -207,8 +231,12 @@ def fit(
     if resume is None:
         params = init_params if init_params is not None else objective.init(
             init_key, *args, **kwargs)
-        carry = (params, optimizer.init(params),
-                 objective.init_state(params, init_key, *args, **kwargs))
+        if init_state is None:
+            try:  # traces the program with the arguments closed over
+                init_state = objective.init_state(params, init_key, *args, **kwargs)
+            except _NEEDS_CONCRETE as e:
+                raise _concrete_error(e, objective, None, None, args, kwargs, True) from e
+        carry = (params, optimizer.init(params), init_state)
     else:
         fresh = objective.init(init_key, *args, **kwargs)
         like = FitResult({}, fresh, optimizer.init(fresh),
@@ -230,7 +258,8 @@ def fit(
 
     chunk = chunk_size or max(1, num_steps // 100)
     size = max(256, 1 << (chunk - 1).bit_length())
-    dynamic, loop, step, merge = _compiled(objective, optimizer, args, kwargs, size)
+    close_over = bool(static_args)
+    dynamic, loop, step, merge = _compiled(objective, optimizer, args, kwargs, size, close_over)
     # (carry, steps done): replaced whole, so it is consistent whenever Ctrl-C lands;
     # `history` may run one chunk ahead of it and is cut to its length.
     state = (carry, sum(len(h) for h in history))
@@ -245,7 +274,7 @@ def fit(
                           f"({type(e).__name__}: {e}); result.params is empty, raw_params holds "
                           "them", stacklevel=3)
             constrained = {}
-        return FitResult(constrained, p, o, b, np.concatenate(history)[:done])
+        return FitResult(constrained, p, o, b, np.concatenate(history)[:done], objective)
 
     def write(state, status, message=None):
         if checkpoint is not None:
@@ -266,8 +295,17 @@ def fit(
             if per_step and every_s:  # keep a chunk well under the checkpoint interval
                 n = max(1, min(n, int(every_s / 4 / per_step)))
             t0 = time.perf_counter()
-            new_carry, values, n_ok, grad_ok = loop(state[0], base_key, jnp.int32(done),
-                                                    jnp.int32(n), dynamic)
+            try:
+                new_carry, values, n_ok, grad_ok = loop(state[0], base_key, jnp.int32(done),
+                                                        jnp.int32(n), dynamic)
+            except _NEEDS_CONCRETE as e:  # raised while tracing: nothing ran yet
+                if close_over or static_args is False:
+                    raise _concrete_error(e, objective, state[0], base_key, args, kwargs,
+                                          static_args) from e
+                close_over = True  # as NumPyro's SVI.run: the data closed over, concrete
+                dynamic, loop, step, merge = _compiled(objective, optimizer, args, kwargs, size,
+                                                       close_over)
+                continue
             n_ok = int(n_ok)
             values = np.asarray(values)
             history.append(values[:n_ok])
@@ -295,6 +333,79 @@ def fit(
     finally:
         bar.close()
     return result_of(state)
+
+
+_NEEDS_CONCRETE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                   jax.errors.TracerIntegerConversionError, jax.errors.TracerBoolConversionError)
+
+
+def _concrete_error(err, objective, carry, base_key, args, kwargs, static_args):
+    """The error for a program that needs concrete values, naming the argument if it is one."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    culprits = [] if static_args else _concrete_culprits(objective, carry, base_key, args,
+                                                         kwargs)
+    if culprits:
+        return TypeError(
+            f"fit: the model or guide computes in Python on the value of {', '.join(culprits)}, "
+            f"which is traced with static_args=False ({type(err).__name__}: {first}); pass "
+            "static_args=None (the default) or True to close it over as a constant, as "
+            "NumPyro's SVI.run does, or make the computation traceable (jnp, static shapes)")
+    return TypeError(
+        f"fit: {objective.name} needs a concrete value where only a traced one exists, even with "
+        f"the arguments closed over as constants ({type(err).__name__}: {first}). A latent "
+        "sample or a param is used as a Python number or NumPy array: keep those in jax.numpy "
+        "(e.g. jnp.where instead of `if`), or make the quantity an argument of the model")
+
+
+def _concrete_culprits(objective, carry, base_key, args, kwargs) -> list[str]:
+    """Arguments that, traced alone (the others closed over), make the step fail to trace."""
+    names = _argument_names(objective.model, args, kwargs)
+    flat, treedef = jax.tree_util.tree_flatten_with_path((args, kwargs))
+    out = []
+    for i, (path, leaf) in enumerate(flat):
+        if not isinstance(leaf, (jax.Array, np.ndarray)):
+            continue
+        leaves = [x for _, x in flat]
+
+        def one(x, i=i, leaves=leaves):
+            a, kw = jax.tree_util.tree_unflatten(treedef, [*leaves[:i], x, *leaves[i + 1:]])
+            return objective.value_and_grad_with_state(carry[0], carry[2], base_key, *a, **kw)[0]
+
+        try:
+            jax.eval_shape(one, leaf)
+        except _NEEDS_CONCRETE:
+            out.append(names(path))
+        except Exception:  # another failure: not this argument's concreteness
+            pass
+    return out
+
+
+def _argument_names(model, args, kwargs):
+    """``path -> "argument 'x' (args[1])"``, with the model's parameter names where known."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(model).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    positional = [p.name for p in params
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+    def name(path):
+        where, rest = path[0].idx, path[1:]
+        key = path[1] if rest else None
+        if where == 0:  # args
+            i = key.idx
+            label = positional[i] if i < len(positional) else None
+            base = f"args[{i}]"
+        else:
+            label = key.key
+            base = f"kwargs[{key.key!r}]"
+        inner = jax.tree_util.keystr(path[2:]) if len(path) > 2 else ""
+        return (f"argument '{label}{inner}' ({base}{inner})" if label is not None
+                else f"argument {base}{inner}")
+
+    return name
 
 
 def _raise_non_finite(objective, step, state, base_key, value, grad_ok, dynamic, merge, write,

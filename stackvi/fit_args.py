@@ -18,7 +18,13 @@ import jax.numpy as jnp
 from stackvi.checkpoint import parse_every
 from stackvi.estimators import Objective
 
-__all__ = ["check_args"]
+__all__ = ["check_args", "is_numpyro_optim"]
+
+
+def is_numpyro_optim(optimizer) -> bool:
+    """A ``numpyro.optim`` optimizer (``init``/``update``/``get_params``), not an optax one."""
+    return all(callable(getattr(optimizer, a, None))
+               for a in ("init", "update", "get_params", "eval_and_update"))
 
 
 def _count(name, value, minimum=1, optional=False):
@@ -42,7 +48,7 @@ def _check_key(key):
 
 
 def check_args(objective, rng_key, optimizer, num_steps, chunk_size, progress, init_params,
-                checkpoint, checkpoint_every, resume):
+                checkpoint, checkpoint_every, resume, static_args=None, init_state=None):
     if not isinstance(objective, Objective):
         raise TypeError(f"objective must be a stackvi.estimators.Objective (e.g. "
                         f"estimators.elbo(model, guide)), got {type(objective).__name__}")
@@ -50,7 +56,11 @@ def check_args(objective, rng_key, optimizer, num_steps, chunk_size, progress, i
     if optimizer is not None and not (callable(getattr(optimizer, "init", None))
                                       and callable(getattr(optimizer, "update", None))):
         raise TypeError(f"optimizer must be an optax GradientTransformation (e.g. "
-                        f"optax.adam(1e-3)), got {type(optimizer).__name__}")
+                        f"optax.adam(1e-3)) or a numpyro.optim optimizer (e.g. "
+                        f"numpyro.optim.Adam(1e-3)), got {type(optimizer).__name__}")
+    if static_args not in (None, True, False):
+        raise TypeError(f"static_args must be None (trace array arguments, close them over if "
+                        f"the model needs concrete values), True or False, got {static_args!r}")
     _count("num_steps", num_steps)
     _count("chunk_size", chunk_size, optional=True)
     if not isinstance(progress, bool):
@@ -60,6 +70,11 @@ def check_args(objective, rng_key, optimizer, num_steps, chunk_size, progress, i
                         f"objective.init), got {type(init_params).__name__}")
     if init_params is not None and resume is not None:
         raise ValueError("give init_params or resume, not both (resume restores the params)")
+    if init_state is not None and not isinstance(init_state, dict):
+        raise TypeError(f"init_state must be a dict (as from objective.init_state or a "
+                        f"result's baseline_state), got {type(init_state).__name__}")
+    if init_state is not None and resume is not None:
+        raise ValueError("give init_state or resume, not both (resume restores the state)")
     for name, p in (("checkpoint", checkpoint), ("resume", resume)):
         if p is not None and not isinstance(p, (str, os.PathLike)):
             raise TypeError(f"{name} must be a file path, got {type(p).__name__}")

@@ -33,6 +33,7 @@ All methods are pure functions of their inputs: jit them yourself.
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,7 +68,18 @@ __all__ = [
     "surrogate",
     "NonFiniteError",
     "PARTICLES",
+    "MUTABLE",
+    "isolate_mutable",
 ]
+
+
+# The key of the ``numpyro.mutable`` values in an objective's state (next to the
+# baselines' states, which are keyed by site).
+MUTABLE = "numpyro.mutable"
+
+
+def _mutable_of(state):
+    return None if state is None else state.get(MUTABLE)
 
 
 class NonFiniteError(FloatingPointError):
@@ -97,8 +109,9 @@ def particles(fn: Callable, num: int, axis=PARTICLES) -> Callable:
         plate_key = numpyro.prng_key()
 
         def one(k):
+            inner = fn if num == 1 else isolate_mutable(fn)
             with recording() as rec:
-                out = seed(_shared_subsample(fn, rng_key=plate_key), k)(*args, **kwargs)
+                out = seed(_shared_subsample(inner, rng_key=plate_key), k)(*args, **kwargs)
             return out, tuple(rec.records)
 
         # Under stackvi.sharding.sharded_particles the particles split over devices.
@@ -165,14 +178,25 @@ def _is_real(constraint) -> bool:
 
 
 class _substitute_params(Messenger):
-    """Answer every ``param`` site from ``params`` (unconstrained, the optimizer's space)."""
+    """Answer every ``param`` site from ``params`` (unconstrained, the optimizer's space).
 
-    def __init__(self, fn=None, params: dict | None = None):
+    ``numpyro.mutable`` sites (e.g. a flax BatchNorm's ``batch_stats``) are answered
+    from ``mutable`` — a fresh copy per message, so a model run twice updates the
+    state once — and the copies (updated in place by the model) are kept in
+    ``mutable_out``: the last one of each site is the new state, as in NumPyro's SVI.
+    """
+
+    def __init__(self, fn=None, params: dict | None = None, mutable: dict | None = None):
         self.params = params or {}
+        self.mutable = mutable
+        self.mutable_out: dict = {}
         self.used: set[str] = set()
         super().__init__(fn)
 
     def process_message(self, msg):
+        if msg["type"] == "mutable":
+            self._mutable(msg)
+            return
         if msg["type"] != "param":
             return
         name = msg["name"]
@@ -185,6 +209,34 @@ class _substitute_params(Messenger):
         constraint = msg["kwargs"].get("constraint", constraints.real)
         value = self.params[name]
         msg["value"] = value if _is_real(constraint) else biject_to(constraint)(value)
+
+    def _mutable(self, msg):
+        name = msg["name"]
+        if self.mutable is not None and name in self.mutable:
+            value = jax.lax.stop_gradient(self.mutable[name])
+            msg["value"] = dict(value) if isinstance(value, dict) else value
+        elif msg["value"] is None:
+            raise ValueError(
+                f"numpyro.mutable site '{name}' has no state: thread it through "
+                "objective.value_and_grad_with_state / estimate_with_state with "
+                "state = objective.init_state(params, rng_key, *args) (stackvi.fit does this)."
+            )
+        self.mutable_out[name] = msg["value"]
+
+
+class isolate_mutable(Messenger):
+    """Give the program a private copy of every ``numpyro.mutable`` dict (updates dropped).
+
+    ``particles`` uses it for K > 1: K vectorized copies cannot all be the new
+    state (NumPyro's SVI ignores mutable state with several particles, too).
+    """
+
+    def postprocess_message(self, msg):  # after the outer handlers answered the site
+        if msg["type"] == "mutable" and isinstance(msg["value"], dict):
+            warnings.warn(f"numpyro.mutable site '{msg['name']}' is not updated with several "
+                          "particles (as in NumPyro's SVI); use num_particles=1 to update it",
+                          stacklevel=2)
+            msg["value"] = dict(msg["value"])
 
 
 def _unconstrain(site: dict):
@@ -210,12 +262,12 @@ class Objective:
     info: dict = field(default_factory=dict)
 
     # -- parameters
-    def _param_sites(self, rng_key, args, kwargs) -> dict:
+    def _param_sites(self, rng_key, args, kwargs, kind: str = "param") -> dict:
         k1, k2 = random.split(rng_key)
         guide_trace = trace(seed(self.guide, k1)).get_trace(*args, **kwargs)
         model_trace = trace(seed(replay(self.model, guide_trace), k2)).get_trace(*args, **kwargs)
-        sites = {n: s for n, s in guide_trace.items() if s["type"] == "param"}
-        sites.update({n: s for n, s in model_trace.items() if s["type"] == "param"})
+        sites = {n: s for n, s in guide_trace.items() if s["type"] == kind}
+        sites.update({n: s for n, s in model_trace.items() if s["type"] == kind})
         return sites
 
     def init(self, rng_key, *args, **kwargs) -> dict:
@@ -225,9 +277,22 @@ class Objective:
 
     def constrain(self, params: dict, *args, **kwargs) -> dict:
         """Parameters in their constrained space (what the model and guide see)."""
-        with _substitute_params(params=params):
-            sites = self._param_sites(random.PRNGKey(0), args, kwargs)
-        return {n: s["value"] for n, s in sites.items()}
+        sites = self._param_sites(random.PRNGKey(0), args, kwargs)  # for the constraints
+        out = {}
+        for name, site in sites.items():
+            if name not in params:
+                raise KeyError(f"param site '{name}' is not in the params dict: create params "
+                               "with objective.init(rng_key, *args) using the same model, guide "
+                               "and arguments.")
+            constraint = site["kwargs"].get("constraint", constraints.real)
+            out[name] = params[name] if _is_real(constraint) else biject_to(constraint)(
+                params[name])
+        return out
+
+    def init_mutable(self, rng_key, *args, **kwargs) -> dict:
+        """Initial values of the ``numpyro.mutable`` sites (empty when there are none)."""
+        sites = self._param_sites(rng_key, args, kwargs, kind="mutable")
+        return {n: s["value"] for n, s in sites.items() if s["value"] is not None}
 
     # -- running the program
     def __post_init__(self):
@@ -242,10 +307,14 @@ class Objective:
 
     def run(self, params, rng_key, *args, **kwargs):
         """``(value, records)``: the program's raw value and the records of its sites."""
+        value, records, _ = self._run(params, rng_key, args, kwargs)
+        return value, records
+
+    def _run(self, params, rng_key, args, kwargs, mutable=None):
         if not isinstance(params, dict):
             raise TypeError(f"{self.name}: params must be the dict from objective.init(...), "
                             f"got {type(params).__name__}.")
-        subs = _substitute_params(params=params)
+        subs = _substitute_params(params=params, mutable=mutable)
         with subs, recording() as rec:
             value = seed(self.program, rng_key)(*args, **kwargs)
         if not isinstance(value, (Terms, LearningSignal)):
@@ -257,24 +326,45 @@ class Objective:
                 f"guide uses (sites used: {sorted(subs.used)}); create params with "
                 "objective.init(rng_key, *args) for this model and guide."
             )
-        return value, _unique_names(rec.records)
+        new_mutable = None
+        if mutable is not None:
+            new_mutable = {**mutable, **subs.mutable_out}
+        return value, _unique_names(rec.records), new_mutable
 
     def estimate(self, params, rng_key, *args, **kwargs) -> jax.Array:
         """A Monte Carlo estimate of the objective."""
         value, records = self.run(params, rng_key, *args, **kwargs)
         return _estimate(value, records)
 
+    def estimate_with_state(self, params, state, rng_key, *args, **kwargs) -> jax.Array:
+        """Like ``estimate``, with the ``numpyro.mutable`` values held in ``state`` (from
+        ``init_state`` or a fit); the updates the program makes to them are dropped."""
+        value, records, _ = self._run(params, rng_key, args, kwargs, _mutable_of(state))
+        return _estimate(value, records)
+
     def init_state(self, params, rng_key, *args, **kwargs) -> dict:
-        """Initial state of the baselines (empty when no site has a stateful baseline)."""
-        _, records = jax.eval_shape(lambda p, k: self.run(p, k, *args, **kwargs), params, rng_key)
-        return {r.name: r.baseline.init_state() for r in records if r.baseline is not None}
+        """Initial state: of the baselines (by record name) and, under the key
+        :data:`MUTABLE`, the values of ``numpyro.mutable`` sites; empty when neither exists."""
+        mutable = self.init_mutable(rng_key, *args, **kwargs) or None
+        _, records, _ = jax.eval_shape(
+            lambda p, k: self._run(p, k, args, kwargs, mutable), params, rng_key)
+        state = {r.name: r.baseline.init_state() for r in records if r.baseline is not None}
+        if mutable:
+            state[MUTABLE] = jax.tree_util.tree_map(jnp.asarray, mutable)
+        return state
 
     def value_and_grad_with_state(self, params, state, rng_key, *args, **kwargs):
-        """``(value, grads, new_state)``: like ``value_and_grad``, threading baseline state."""
+        """``(value, grads, new_state)``: like ``value_and_grad``, threading baseline state
+        and ``numpyro.mutable`` values (``state[MUTABLE]``, updated as NumPyro's SVI does)."""
+        mutable = _mutable_of(state)
+        baseline_state = ({k: v for k, v in state.items() if k != MUTABLE}
+                          if state is not None else None)
 
         def f(p):
-            value, records = self.run(p, rng_key, *args, **kwargs)
-            total, sur, new_state = surrogate(value, records, state)
+            value, records, new_mutable = self._run(p, rng_key, args, kwargs, mutable)
+            total, sur, new_state = surrogate(value, records, baseline_state)
+            if new_mutable is not None:
+                new_state = {**new_state, MUTABLE: jax.lax.stop_gradient(new_mutable)}
             return sur, (total, new_state)
 
         (_, (total, new_state)), grads = jax.value_and_grad(f, has_aux=True)(params)
