@@ -479,11 +479,11 @@ for ax, metric in zip(axes, table["p* (target)"], strict=True):
         ax.set_yscale("log")
     ax.set_title(metric)
     ax.set_xlabel("step")
-handles, labels = axes[0].get_legend_handles_labels()
-fig.legend(handles, labels, loc="lower center", ncol=7, fontsize=8)
+handles, labels = axes[0].get_legend_handles_labels()  # methods and the two optima
+h, lab = axes[2].get_legend_handles_labels()  # ... and p*
+fig.legend(handles + h[-1:], labels + lab[-1:], loc="lower center", ncol=8, fontsize=8)
 fig.tight_layout(rect=(0, 0.08, 1, 1))
 plt.savefig(os.path.join(FIGDIR, "07_kl_finetuning_training.png"), dpi=100)
-plt.show()
 
 # %% [markdown]
 # Where the probability mass goes: the distribution of the reward under each
@@ -510,7 +510,6 @@ ax.set_ylabel("probability")
 ax.legend(fontsize=7)
 fig.tight_layout()
 plt.savefig(os.path.join(FIGDIR, "07_kl_finetuning_rewards.png"), dpi=100)
-plt.show()
 
 for name, params in trained.items():
     log_q = log_policy_all(params)
