@@ -135,6 +135,7 @@ def test_tutorial_pages_show_their_figures_and_link_their_notebook(built_site, s
 
         page.locator(".jupyter-wrapper img").first.evaluate(
             "e => e.scrollIntoView({block: 'center'})")
+        page.wait_for_timeout(500)  # let Material's header finish its title transition
         name = path.split("/")[1]
         page.screenshot(path=str(SHOTS / f"tutorial_{name}.png"))
     tab.page.close()
