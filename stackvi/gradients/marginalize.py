@@ -273,8 +273,9 @@ def _contract_group(group, sum_vars, plates, local, unalias) -> Term:
         if var in inputs and site_plates & elim_plates:
             raise ValueError(
                 f"model-side enumeration of {sorted(inputs & sum_vars)} is more global than the "
-                f"guide's enumerated site '{site}' (plate(s) {sorted(site_plates & elim_plates)})"
-                ": the sum would need every element of it at once. Sample those model sites "
+                f"guide's enumerated/branched site '{site}' (plate(s) "
+                f"{sorted(site_plates & elim_plates)}): the sum would need every element of it "
+                "at once. Sample those model sites "
                 "in the guide too, or use reinforce for the guide site."
             )
     try:

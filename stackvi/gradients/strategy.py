@@ -316,12 +316,16 @@ def simulate(fn: Callable, *args, **kwargs) -> Trace:
     mix a plate's elements, see :mod:`stackvi.gradients.structure`).
     """
     from stackvi.gradients.structure import pool_shared_plates
+    from stackvi.handlers.enumerate import check_site_shapes
 
     rec = current_recorder()
     start = len(rec) if rec is not None else 0
     token = rec.token() if rec is not None else None
     with _resolve(token=token):
         tr = numbered(trace(fn).get_trace(*args, **kwargs), token)
+    # here, not only in score_model: a program that never scores a model (a cost
+    # written as a guide factor) must not sum an enumerated dim silently either
+    check_site_shapes(tr)
     if rec is not None:
         pool_shared_plates(rec, start, tr)
     return tr

@@ -148,9 +148,9 @@ def check_site_shapes(*traces: dict) -> None:
                         f"site '{name}' ({_dist_name(site)}): batch dim {dim} has size "
                         f"{batch[dim]} but no plate declares it, while sites are enumerated "
                         f"({sorted(scope.names.values())}). A cost that combines the elements of "
-                        "an enumerated plated site (e.g. sums over its plate) cannot be "
-                        "enumerated in parallel: use reinforce or mvd for that site, or declare "
-                        "the dim with a plate / .to_event()."
+                        "an enumerated/branched plated site (e.g. sums over its plate) cannot "
+                        "be laid out in parallel: keep the cost inside the plate, use reinforce "
+                        "for that site, or declare the dim with a plate / .to_event()."
                     )
 
 
