@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from numpyro.handlers import substitute, trace
 
 from stackvi.estimators.core import Objective, particles
-from stackvi.estimators.iwae import check_num_particles
+from stackvi.estimators.iwae import _check_flag, _plate_sizes, check_num_particles, data_plates
 from stackvi.gradients.scoring import model_density
 from stackvi.gradients.strategy import simulate
 from stackvi.handlers.density import trace_terms
@@ -69,15 +69,26 @@ def _check_pathwise(guide_trace: dict) -> None:
             )
 
 
-def dreg(model: Callable, guide: Callable, num_particles: int = 1) -> Objective:
-    """The IWAE bound with doubly-reparameterized guide gradients (K = ``num_particles``)."""
+def dreg(model: Callable, guide: Callable, num_particles: int = 1,
+         per_datapoint: bool = True) -> Objective:
+    """The IWAE bound with doubly-reparameterized guide gradients (K = ``num_particles``).
+
+    Per data point by default, as :func:`~stackvi.estimators.iwae.iwae` (the
+    weights ``w̄`` normalized per element of the data plates);
+    ``per_datapoint=False``: one bound for the batch.
+    """
     check_num_particles("dreg", num_particles)
+    _check_flag("dreg", per_datapoint)
+    layout: dict = {}
 
     def one(*args, **kwargs):
         guide_trace = simulate(guide, *args, **kwargs)
         _check_pathwise(guide_trace)
-        log_p = model_density(model, guide_trace, *args, **kwargs).total()
-        log_q = trace_terms(guide_trace).total()
+        log_p_terms = model_density(model, guide_trace, *args, **kwargs)
+        lw_terms = log_p_terms - trace_terms(guide_trace)
+        plates = layout["plates"] = data_plates(lw_terms) if per_datapoint else ()
+        log_p = log_p_terms.per(plates)
+        log_q = trace_terms(guide_trace).per(plates)
         values = {n: s["value"] for n, s in guide_trace.items()
                   if s["type"] == "sample" and not s["is_observed"]}
         # log q at the same (differentiable) sample, with the guide's params held fixed
@@ -86,15 +97,23 @@ def dreg(model: Callable, guide: Callable, num_particles: int = 1) -> Objective:
         # log p at the sample held fixed: the model's params' IWAE gradient
         fixed_z = {n: {**s, "value": jax.lax.stop_gradient(s["value"])}
                    for n, s in guide_trace.items()}
-        log_p_fixed = model_density(model, fixed_z, *args, **kwargs).total()
-        return log_p - log_q, log_p - trace_terms(fixed_q).total(), log_p_fixed
+        log_p_fixed = model_density(model, fixed_z, *args, **kwargs).per(plates)
+        return log_p - log_q, log_p - trace_terms(fixed_q).per(plates), log_p_fixed
 
     def program(*args, **kwargs):
-        lw, lw_path, log_p_fixed = particles(one, num_particles)(*args, **kwargs)
-        w = jax.nn.softmax(jax.lax.stop_gradient(lw))
-        value = jax.nn.logsumexp(lw) - jnp.log(num_particles)
+        sizes = _plate_sizes()
+        with sizes:
+            lw, lw_path, log_p_fixed = particles(one, num_particles)(*args, **kwargs)
+        scale = 1.0
+        for p in layout["plates"]:  # subsampled data plates: weights unscaled, sum scaled
+            size, sub = sizes.sizes.get(p, (None, None))
+            if size is not None and size > sub:
+                scale = scale * size / sub
+        w = jax.nn.softmax(jax.lax.stop_gradient(lw) / scale, axis=0)
+        value = scale * jnp.sum(jax.nn.logsumexp(lw / scale, axis=0) - jnp.log(num_particles))
         s = jnp.sum(w**2 * lw_path) + jnp.sum((w - w**2) * log_p_fixed)
         sg = jax.lax.stop_gradient
         return sg(value) + (s - sg(s))
 
-    return Objective(program, model, guide, name="dreg", info={"num_particles": num_particles})
+    return Objective(program, model, guide, name="dreg",
+                     info={"num_particles": num_particles, "per_datapoint": per_datapoint})

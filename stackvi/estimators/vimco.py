@@ -32,15 +32,16 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from stackvi.estimators.core import PARTICLES, Objective
-from stackvi.estimators.iwae import check_num_particles, log_weights
+from stackvi.estimators.core import Objective
+from stackvi.estimators.iwae import _check_flag, check_num_particles, per_point_log_weights
 from stackvi.estimators.signals import LearningSignal
 
 __all__ = ["vimco", "leave_one_out_signal"]
 
 
 def leave_one_out_signal(lw: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(L̂, L̂ − L̂₋ₖ)`` for log-weights ``lw`` of shape (K,), K ≥ 2.
+    """``(L̂, L̂ − L̂₋ₖ)`` for log-weights ``lw`` of shape (K, ...), K ≥ 2 (per element of
+    the trailing axes: ``L̂`` has their shape, the signal ``lw``'s).
 
     >>> import jax.numpy as jnp
     >>> value, signal = leave_one_out_signal(jnp.zeros(3))
@@ -50,17 +51,24 @@ def leave_one_out_signal(lw: jax.Array) -> tuple[jax.Array, jax.Array]:
     lw = jax.lax.stop_gradient(lw)
     k = lw.shape[0]
     # log-mean of the others, substituted for each particle's own log-weight
-    others_mean = (jnp.sum(lw) - lw) / (k - 1)
-    eye = jnp.eye(k, dtype=bool)
+    others_mean = (jnp.sum(lw, axis=0) - lw) / (k - 1)
+    eye = jnp.eye(k, dtype=bool).reshape((k, k) + (1,) * (lw.ndim - 1))
     replaced = jnp.where(eye, others_mean[:, None], lw[None, :])  # row k: lw with k replaced
     loo = jax.nn.logsumexp(replaced, axis=1) - jnp.log(k)
-    value = jax.nn.logsumexp(lw) - jnp.log(k)
+    value = jax.nn.logsumexp(lw, axis=0) - jnp.log(k)
     return value, value - loo
 
 
-def vimco(model: Callable, guide: Callable, num_particles: int = 2) -> Objective:
-    """The IWAE bound with VIMCO's leave-one-out learning signals (K ≥ 2 particles)."""
+def vimco(model: Callable, guide: Callable, num_particles: int = 2,
+          per_datapoint: bool = True) -> Objective:
+    """The IWAE bound with VIMCO's leave-one-out learning signals (K ≥ 2 particles).
+
+    Per data point by default, as :func:`~stackvi.estimators.iwae.iwae` (the
+    leave-one-out signals too: particle k of element n gets ``L̂ₙ − L̂ₙ,₋ₖ``);
+    ``per_datapoint=False``: one bound for the batch.
+    """
     check_num_particles("vimco", num_particles)
+    _check_flag("vimco", per_datapoint)
     if num_particles < 2:
         raise ValueError(
             f"vimco needs num_particles >= 2 (its control variate for particle k is built "
@@ -68,9 +76,10 @@ def vimco(model: Callable, guide: Callable, num_particles: int = 2) -> Objective
         )
 
     def program(*args, **kwargs):
-        lw = log_weights(model, guide, num_particles)(*args, **kwargs)
-        _, signal = leave_one_out_signal(lw)
-        value = jax.nn.logsumexp(lw) - jnp.log(num_particles)
-        return LearningSignal(value, signal, (PARTICLES,))
+        pp = per_point_log_weights(model, guide, num_particles, per_datapoint)(*args, **kwargs)
+        _, signal = leave_one_out_signal(pp.lw)
+        each = jax.nn.logsumexp(pp.lw, axis=0) - jnp.log(num_particles)
+        return LearningSignal(pp.scale * jnp.sum(each), pp.scale * signal, pp.names)
 
-    return Objective(program, model, guide, name="vimco", info={"num_particles": num_particles})
+    return Objective(program, model, guide, name="vimco",
+                     info={"num_particles": num_particles, "per_datapoint": per_datapoint})
