@@ -63,6 +63,13 @@ def lay_out(msg: dict, x, ys, dim: int, axis: Axis) -> tuple[Axis, int]:
 
     fn = msg["fn"]
     batch, event = tuple(fn.batch_shape), tuple(fn.event_shape)
+    if ys.ndim < 1 or ys.shape[0] < 1:
+        # A branch axis of size 1 (the sample alone) is dropped when terms are named, and
+        # every branch difference would silently read zero: refuse it.
+        raise ValueError(
+            f"lay_out: site '{msg['name']}' ({dist_name(msg)}) got no extra samples (ys of "
+            f"shape {tuple(jnp.shape(ys))}); pass at least one, stacked along axis 0."
+        )
     value = branched_value(x, ys.astype(x.dtype), batch, event)
     value = value.reshape((value.shape[0],) + (1,) * (-dim - 1 - len(batch)) + batch + event)
     _owned(msg, value, dim, axis)
