@@ -27,3 +27,24 @@ def test_tutorial_runs(path: Path, tmp_path: Path):
 
 def test_tutorials_exist():
     assert TUTORIALS, "no tutorials found"
+
+
+NOTEBOOKS = [p for p in TUTORIALS if p.stem[:2] in {"01", "02", "03", "04", "05"}]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_names_a_kernel_and_writes_figures_to_tutorials_figures(path: Path,
+                                                                         tmp_path: Path):
+    """``jupytext --execute`` needs a kernelspec; run from tutorials/ or the root, figures
+    land in tutorials/figures (not tutorials/tutorials/figures)."""
+    header = path.read_text().split("# ---", 2)[1]
+    assert "kernelspec:" in header and "name: python3" in header, path.name
+    code = next(line for line in path.read_text().splitlines() if line.startswith("FIGDIR"))
+    block = path.read_text().split(code, 1)[1].splitlines()[1]  # the continuation line
+    env = {k: v for k, v in os.environ.items() if k != "STACKVI_FIGDIR"}
+    root = path.parents[1]
+    for cwd in (root, root / "tutorials"):
+        out = subprocess.run([sys.executable, "-c", f"import os\n{code}\n{block}\nprint("
+                              "os.path.realpath(FIGDIR))"], cwd=cwd, env=env,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert out == str((root / "tutorials" / "figures").resolve()), (cwd, out)

@@ -4,6 +4,10 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
 # ---
 
 # %% [markdown]
@@ -36,7 +40,9 @@ from numpyro.distributions import constraints
 import stackvi as sv
 from stackvi import estimators, handlers
 
-FIGDIR = os.environ.get("STACKVI_FIGDIR", "tutorials/figures")
+# tutorials/figures whether this runs from the repository root or from tutorials/
+FIGDIR = os.environ.get("STACKVI_FIGDIR") or (
+    "figures" if os.path.basename(os.getcwd()) == "tutorials" else "tutorials/figures")
 os.makedirs(FIGDIR, exist_ok=True)
 
 # %% [markdown]

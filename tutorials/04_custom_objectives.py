@@ -1,3 +1,15 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 04 — Custom objectives: objectives are programs
 #
@@ -30,7 +42,9 @@ from stackvi.handlers import reinforce, simulate, trace_terms
 from stackvi.models import cone
 from stackvi.terms import Term, Terms
 
-FIGDIR = os.environ.get("STACKVI_FIGDIR", "tutorials/figures")
+# tutorials/figures whether this runs from the repository root or from tutorials/
+FIGDIR = os.environ.get("STACKVI_FIGDIR") or (
+    "figures" if os.path.basename(os.getcwd()) == "tutorials" else "tutorials/figures")
 os.makedirs(FIGDIR, exist_ok=True)
 
 # %% [markdown]

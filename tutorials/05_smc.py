@@ -1,3 +1,15 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 05 · Sequential Monte Carlo: fitting a state-space model with FIVO
 #
@@ -32,7 +44,9 @@ import stackvi as sv
 from stackvi.handlers import smc_filter
 from stackvi.models.state_space import kalman, lgssm_matrices, lgssm_model, lgssm_simulate
 
-FIGDIR = os.environ.get("STACKVI_FIGDIR", "tutorials/figures")
+# tutorials/figures whether this runs from the repository root or from tutorials/
+FIGDIR = os.environ.get("STACKVI_FIGDIR") or (
+    "figures" if os.path.basename(os.getcwd()) == "tutorials" else "tutorials/figures")
 os.makedirs(FIGDIR, exist_ok=True)
 t_start = time.perf_counter()
 
