@@ -433,8 +433,14 @@ def plot_reconstructions(params: dict, x, rng_key, path, config: AIRConfig = PAP
     import matplotlib.pyplot as plt
 
     x = jnp.asarray(x[:num])
-    inferred = infer(params, x, rng_key, config)
-    recon = np.asarray(reconstruct(params, inferred, config))
+
+    @jax.jit  # one compile instead of op-by-op dispatch of the whole guide
+    def run(params, x, key):
+        inferred = infer(params, x, key, config)
+        return inferred, reconstruct(params, inferred, config)
+
+    inferred, recon = run(params, x, rng_key)
+    recon = np.asarray(recon)
     side = config.canvas
     fig, axes = plt.subplots(2, num, figsize=(num * 1.1, 2.4))
     colors = ["tab:red", "tab:green", "tab:blue", "tab:orange"]
