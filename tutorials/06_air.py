@@ -4,6 +4,10 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
 # ---
 
 # %% [markdown]
@@ -47,7 +51,8 @@ from stackvi import estimators, handlers
 from stackvi.data import multi_mnist
 from stackvi.models import air
 
-FIGDIR = os.environ.get("STACKVI_FIGDIR", "tutorials/figures")
+FIGDIR = os.environ.get("STACKVI_FIGDIR") or (
+    "figures" if os.path.basename(os.getcwd()) == "tutorials" else "tutorials/figures")
 os.makedirs(FIGDIR, exist_ok=True)
 SMOKE = os.environ.get("STACKVI_SMOKE") == "1"   # the test suite's shorter run
 t_start = time.perf_counter()
