@@ -12,7 +12,9 @@ Executing is the expensive part, so executed notebooks are cached in
 ``.cache/docs/executed/`` under a key made of the tutorial's source and every ``.py`` file
 of the ``stackvi`` package: a build re-executes a tutorial only when it or the library
 changed. ``--reuse-stale`` keys on the tutorial alone (handy while editing the library;
-never in CI). A cell that raises fails the build, with the tutorial named.
+never in CI). A cell that raises, or runs past ``STACKVI_DOCS_CELL_TIMEOUT`` seconds (1800),
+fails the build, with the tutorial named. ``STACKVI_SMOKE=1`` reaches the kernels (the
+tutorials' short mode, as in the test suite) and is part of the cache key.
 
 Usage: ``python docs/tools/notebooks.py [--reuse-stale] [--only NAME ...]``
 """
@@ -31,7 +33,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
 ROOT = Path(__file__).resolve().parents[2]
 TUTORIALS = ROOT / "tutorials"
@@ -39,7 +41,8 @@ EXECUTED = ROOT / "docs" / "tutorials"
 DOWNLOADS = ROOT / "docs" / "notebooks"
 CACHE = ROOT / ".cache" / "docs" / "executed"
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
-CELL_TIMEOUT_S = 1200
+# A cell may run this long (seconds) before the build fails; STACKVI_DOCS_CELL_TIMEOUT overrides.
+CELL_TIMEOUT_S = int(os.environ.get("STACKVI_DOCS_CELL_TIMEOUT", "1800"))
 _TQDM = "TqdmWarning: IProgress not found"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -125,7 +128,9 @@ def build(path: Path, lib: str | None) -> tuple[str, float | None]:
     EXECUTED.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, DOWNLOADS / f"{name}.ipynb")
 
-    source = _digest(path.read_bytes())
+    # STACKVI_SMOKE=1 (the tutorials' short mode, passed on to the kernel) is part of the key.
+    smoke = os.environ.get("STACKVI_SMOKE", "")
+    source = _digest(path.read_bytes(), *([f"smoke={smoke}".encode()] if smoke else []))
     key = f"{name}-{source}-{lib}" if lib else None
     cached = CACHE / f"{key}.ipynb" if key else None
     if cached is None:  # --reuse-stale: any execution of this very source will do
@@ -137,11 +142,13 @@ def build(path: Path, lib: str | None) -> tuple[str, float | None]:
         start = time.perf_counter()
         try:
             executed = execute(nb, name)
-        except CellExecutionError as err:
+        except (CellExecutionError, CellTimeoutError) as err:
             lines = _ANSI.sub("", str(err)).rstrip().splitlines()
             tail = "\n".join(lines[:12] + ["..."] + lines[-25:]) if len(lines) > 40 else str(err)
+            what = (f"{err.ename}: {err.evalue}" if isinstance(err, CellExecutionError)
+                    else f"a cell ran past {CELL_TIMEOUT_S} s (STACKVI_DOCS_CELL_TIMEOUT)")
             raise SystemExit(f"docs: tutorials/{path.name} failed while executing:\n{tail}\n"
-                             f"docs: {path.name}: {err.ename}: {err.evalue}") from None
+                             f"docs: {path.name}: {what}") from None
         seconds, status = time.perf_counter() - start, "executed"
         CACHE.mkdir(parents=True, exist_ok=True)
         for stale in CACHE.glob(f"{name}-*.ipynb"):
