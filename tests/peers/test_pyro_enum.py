@@ -202,7 +202,6 @@ def test_elbo_normal(strategy):
 
 MIXED2 = [("enumerate", "enumerate"), ("enumerate", "default"), ("reinforce-ema", "mvd"),
           ("mvd", "mvd")]
-TWO_MVD = "2+ mvd sites in one guide: NaN gradients"
 
 
 def pair_params(fast=(("enumerate", "enumerate"),), xfails=None):
@@ -216,9 +215,7 @@ def pair_params(fast=(("enumerate", "enumerate"),), xfails=None):
     return out
 
 
-@pytest.mark.parametrize("pair", pair_params(
-    fast=(("enumerate", "enumerate"),),
-    xfails={("mvd", "mvd"): TWO_MVD}))
+@pytest.mark.parametrize("pair", pair_params(fast=(("enumerate", "enumerate"),)))
 def test_elbo_bern_bern(pair):
     def model():
         numpyro.sample("x1", dist.Bernoulli(0.2))
@@ -238,8 +235,7 @@ TRIPLES = [(s, s, s) for s in STRATS] + [("enumerate", "default", "mvd")]
 
 @pytest.mark.parametrize("triple", [
     pytest.param(t, id="-".join(t),
-                 marks=([] if t == ("enumerate",) * 3 else [SLOW])
-                 + ([xf(TWO_MVD)] if t.count("mvd") >= 2 else []))
+                 marks=[] if t == ("enumerate",) * 3 else [SLOW])
     for t in TRIPLES])
 def test_elbo_berns(triple):
     def model():
@@ -259,7 +255,7 @@ def test_elbo_berns(triple):
 
 @pytest.mark.parametrize("triple", [
     pytest.param(t, id="-".join(t),
-                 marks=[SLOW] + ([xf(TWO_MVD)] if t.count("mvd") >= 2 else []))
+                 marks=[SLOW])
     for t in TRIPLES])
 def test_elbo_categoricals(triple):
     p1 = jnp.array([0.6, 0.4])
@@ -309,7 +305,7 @@ KL_HALF_P = 0.2693204236205713  # kl(Bernoulli(0.75), Bernoulli(p)) = 0.5
 
 
 @pytest.mark.parametrize("plate_dim", [1, 2])
-@pytest.mark.parametrize("pair", pair_params(fast=(), xfails={("mvd", "mvd"): TWO_MVD}))
+@pytest.mark.parametrize("pair", pair_params(fast=()))
 def test_elbo_plate(pair, plate_dim):
     p = KL_HALF_P
 
@@ -332,10 +328,8 @@ def test_elbo_plate(pair, plate_dim):
 
 @pytest.mark.parametrize("pair,plate_dim", [
     pytest.param(p.values[0], d, id=f"{p.id}-{d}",
-                 marks=list(p.marks) + ([xf(TWO_MVD)] if p.values[0] == ("reinforce-ema", "mvd")
-                                        and d == 2 else []))  # two y_i mvd sites
-    for d in (1, 2) for p in pair_params(fast=(("enumerate", "enumerate"),) if d == 2 else (),
-                                         xfails={("mvd", "mvd"): TWO_MVD})])
+                 marks=p.marks)
+    for d in (1, 2) for p in pair_params(fast=(("enumerate", "enumerate"),) if d == 2 else ())])
 def test_elbo_iplate(pair, plate_dim):
     p = KL_HALF_P
 
@@ -357,13 +351,7 @@ def test_elbo_iplate(pair, plate_dim):
              lambda c: -P * (1 + plate_dim) * kl_bern(c["q"], p), {"q": 0.75})
 
 
-IPLATE_PLATE = ("enumerate: false ValueError \"term 'p:y_1' depends on the enumerated/branched "
-                "site of axis 'enum:z_0' but not along its plate 'inner'\" (y_1 does not "
-                "depend on z_0)")
-
-
-@pytest.mark.parametrize("strategy", strategy_params(
-    xfails={"mvd": TWO_MVD}))
+@pytest.mark.parametrize("strategy", strategy_params())
 def test_elbo_plate_plate(strategy):
     outer_dim, inner_dim, p = 2, 2, KL_HALF_P
 
@@ -396,7 +384,7 @@ def test_elbo_plate_plate(strategy):
              lambda c: -n_nodes * kl_bern(c["q"], p), {"q": 0.75})
 
 
-@pytest.mark.parametrize("strategy", strategy_params(fast=(), xfails={"mvd": TWO_MVD}))
+@pytest.mark.parametrize("strategy", strategy_params(fast=()))
 def test_elbo_plate_iplate(strategy):
     outer_dim, inner_dim, p = 3, 2, KL_HALF_P
 
@@ -424,7 +412,7 @@ def test_elbo_plate_iplate(strategy):
 
 
 @pytest.mark.parametrize("strategy", strategy_params(
-    fast=(), xfails={"mvd": TWO_MVD, "enumerate": IPLATE_PLATE}))
+    fast=()))
 def test_elbo_iplate_plate(strategy):
     outer_dim, inner_dim, p = 2, 2, KL_HALF_P
 
@@ -458,7 +446,7 @@ def test_elbo_iplate_plate(strategy):
 
 @pytest.mark.parametrize("pi1,pi2,strategy", [
     pytest.param(0.33, 0.55, p.values[0], marks=p.marks, id=f"0.33-0.55-{p.id}")
-    for p in strategy_params(fast=(), xfails={"mvd": TWO_MVD})] + [
+    for p in strategy_params(fast=())] + [
     pytest.param(0.43, 0.27, "enumerate", marks=SLOW, id="0.43-0.27-enumerate")])
 def test_non_mean_field_bern_bern_elbo_gradient(strategy, pi1, pi2):
     def model():
@@ -616,14 +604,14 @@ def steps_params(xfails):
         pytest.param(3, "enumerate", marks=SLOW, id="3-enumerate")]
 
 
-@pytest.mark.parametrize("num_steps,strategy", steps_params({"mvd": TWO_MVD}))
+@pytest.mark.parametrize("num_steps,strategy", steps_params({}))
 def test_elbo_hmm_in_model(strategy, num_steps):
     model, guide = hmm_in_model_pair(num_steps)
     data = jnp.ones(num_steps)
     brute_case(model, guide, [f"x_{i}" for i in range(num_steps)], strategy, None, data)
 
 
-@pytest.mark.parametrize("num_steps,strategy", steps_params({"mvd": TWO_MVD}))
+@pytest.mark.parametrize("num_steps,strategy", steps_params({}))
 def test_elbo_hmm_in_guide(strategy, num_steps):
     init_probs = jnp.array([0.5, 0.5])
     sq = jnp.array([[0.75, 0.25], [0.25, 0.75]])
