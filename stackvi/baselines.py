@@ -49,7 +49,8 @@ import jax.numpy as jnp
 from stackvi.axes import PARTICLES, resolve_name
 from stackvi.terms import Term, align
 
-__all__ = ["Baseline", "MovingAverage", "LeaveOneOut", "FromFunction", "Learned", "resolve"]
+__all__ = ["Baseline", "MovingAverage", "LeaveOneOut", "FromFunction", "Learned", "resolve",
+           "named"]
 
 
 class Baseline:
@@ -241,6 +242,11 @@ def baseline_term(msg: dict, value) -> Term:
 
 _NAMED = {"ema": MovingAverage, "moving_average": MovingAverage, "loo": LeaveOneOut,
           "leave_one_out": LeaveOneOut}
+
+
+def named() -> list[str]:
+    """The names :func:`resolve` accepts (``'ema'``, ``'loo'``, ...)."""
+    return sorted(_NAMED)
 
 
 def resolve(spec: Baseline | str | None) -> Baseline | None:

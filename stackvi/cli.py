@@ -4,7 +4,7 @@
 
     stackvi fit [--model FILE.py:FN] [--guide FILE.py:FN | AutoNormal | ...]
                 [--data FILE.py:FN] [--objective elbo] [--particles K]
-                [--strategy SITE=reinforce ...] [--baseline SITE=ema ...]
+                [--strategy SITE=reinforce ...] [--baseline SITE=ema ...] [--hide SITE ...]
                 [--steps N] [--lr LR] [--optimizer adam] [--seed S]
                 [--out DIR [--overwrite]] [--checkpoint-every 30s] [--resume DIR]
 
@@ -20,7 +20,10 @@ Conventions:
   guide are called as ``model(*args, **kwargs)``. Without ``--data`` they are
   called with no arguments (the bundled VAE uses :func:`stackvi.models.vae.digits_data`).
 * ``--guide`` is a function or the name of a NumPyro autoguide built on the
-  model (``AutoNormal`` when omitted with ``--model``).
+  model (``AutoNormal`` when omitted with ``--model``). An autoguide leaves out
+  the discrete sites the model marks for enumeration (``config_enumerate``,
+  ``infer={"enumerate": "parallel"}``), which stackvi sums out exactly on the
+  model side; ``--hide SITE`` leaves out more.
 * ``--objective`` is the name of an objective constructor in
   :mod:`stackvi.estimators` (``elbo``, ...), called as
   ``ctor(model, guide, num_particles=K)``.
@@ -73,7 +76,7 @@ from stackvi.cli_inputs import (
     pairs,
     user_frame,
 )
-from stackvi.report import format_summary, plot_history, summarize
+from stackvi.report import describe_params, format_summary, plot_history, summarize
 
 __all__ = ["main", "build_parser", "CLIError"]
 
@@ -84,7 +87,7 @@ DEFAULT_STEPS = {"bundled": 20000, "user": 2000}
 CHECKPOINT, CONFIG, SUMMARY = "checkpoint.npz", "config.json", "summary.json"
 RESULTS = (CONFIG, CHECKPOINT, SUMMARY, "loss.png", "digits.png", "params.pkl")
 RUN_OPTIONS = ("model", "guide", "data", "objective", "particles", "strategy", "baseline",
-               "optimizer", "seed")  # fixed by a run: --resume refuses them
+               "hide", "optimizer", "seed")  # fixed by a run: --resume refuses them
 RESUME_MAY_CHANGE = ("steps", "lr", "checkpoint_every")
 
 
@@ -100,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="stackvi", description="Programmable variational inference for JAX.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     p = sub.add_parser("fit", help="fit a model with a variational objective",
-                       description=__doc__.split("::")[0].strip())
+                       description=__doc__.split("::")[0].strip(), epilog=_choices(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help=f"FILE.py:FN (default: the bundled VAE, {DEFAULT_MODEL})")
     p.add_argument("--guide", help="FILE.py:FN or a NumPyro autoguide name (AutoNormal, "
                    "AutoDiagonalNormal, AutoDelta, ...); default AutoNormal with --model")
@@ -112,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gradient strategy for a guide site, e.g. z=reinforce (repeatable)")
     p.add_argument("--baseline", action="append", default=[], metavar="SITE=NAME",
                    help="baseline for a score-function site, e.g. z=ema (repeatable)")
+    p.add_argument("--hide", action="append", default=[], metavar="SITE",
+                   help="leave a model site out of the autoguide (a discrete site the model "
+                   "then sums out); sites marked for enumeration are left out anyway "
+                   "(repeatable)")
     p.add_argument("--steps", type=int, default=None,
                    help=f"optimization steps in all (default: {DEFAULT_STEPS['bundled']} for "
                    f"the bundled VAE, {DEFAULT_STEPS['user']} otherwise)")
@@ -129,6 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--traceback", action="store_true", help="show full tracebacks on errors")
     return parser
+
+
+def _choices() -> str:
+    """The registries, for ``--help``: objectives, strategies, baselines."""
+    import textwrap
+
+    from stackvi import baselines
+    from stackvi.cli_inputs import objective_constructors
+    from stackvi.gradients.strategy import STRATEGIES
+
+    rows = (("objectives (--objective)", sorted(objective_constructors())),
+            ("strategies (--strategy SITE=NAME)", sorted(STRATEGIES)),
+            ("baselines (--baseline SITE=NAME)", baselines.named()),
+            ("optimizers (--optimizer)", list(OPTIMIZERS)))
+    return "\n".join(textwrap.fill(", ".join(names), 78, initial_indent=f"{title}: ",
+                                    subsequent_indent="    ") for title, names in rows)
 
 
 # --------------------------------------------------------------------------- run folders
@@ -196,9 +220,9 @@ def fit_job(a: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     model = load_callable(a.model or DEFAULT_MODEL, "--model")
     if a.guide is None:
         a.guide = DEFAULT_GUIDE if bundled else "AutoNormal"
-    guide = make_guide(a.guide, model)
     a.data = a.data or (DEFAULT_DATA if bundled else None)
     args, kwargs = load_data(a.data)
+    guide, hidden = make_guide(a.guide, model, a.hide, args, kwargs)
     strategy, baseline = pairs(a.strategy, "--strategy"), pairs(a.baseline, "--baseline")
     guide = apply_strategies(guide, strategy, baseline)
     objective = make_objective(a.objective, model, guide, a.particles)
@@ -230,7 +254,9 @@ def fit_job(a: argparse.Namespace, argv: Sequence[str] = ()) -> int:
               f"guide {a.guide}, data {a.data or '(no arguments)'}, objective {a.objective} "
               f"(particles={a.particles}), {a.steps} steps of {a.optimizer}(lr={a.lr})"
               + (f", strategies {strategy}" if strategy else "")
-              + (f", baselines {baseline}" if baseline else "") + f"; outputs in {out}",
+              + (f", baselines {baseline}" if baseline else "")
+              + (f", {hidden} left out of the guide (summed out in the model)" if hidden
+                 else "") + f"; outputs in {out}",
               flush=True)
         return _run(a, out, objective, optimizer, args, kwargs, summary, bundled)
     except KeyboardInterrupt as e:
@@ -286,6 +312,7 @@ def _run(a, out: Path, objective, optimizer, args, kwargs, summary: dict, bundle
 
         summary.update(vae.digits_report(objective, result, kwargs, out / "digits.png", a.seed))
         files.append(out / "digits.png")
+    summary["params"] = describe_params(result.params)
     _write_json(out / SUMMARY, summary)
     print(format_summary(summary, a.objective, files))
     return 0

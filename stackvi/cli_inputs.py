@@ -94,14 +94,44 @@ def _autoguides() -> dict[str, type]:
             if n.startswith("Auto") and n not in ("AutoGuide", "AutoGuideList", "AutoContinuous")}
 
 
-def make_guide(spec: str, model: Callable) -> Callable:
+def make_guide(spec: str, model: Callable, hide: Sequence[str] = (), args=(),
+               kwargs=None) -> tuple[Callable, list[str]]:
+    """``(guide, hidden sites)``: ``FILE.py:FN``, or an autoguide of ``model`` that leaves out
+    the sites the model marks for enumeration (``config_enumerate``,
+    ``infer={"enumerate": "parallel"}``; stackvi sums them out on the model side) and
+    those named by ``--hide``."""
     if ":" in spec:
-        return load_callable(spec, "--guide")
+        if hide:
+            raise CLIError(f"--hide applies to autoguides (--guide AutoNormal & co.); guide "
+                           f"'{spec}' is your own function: leave out {list(hide)} there")
+        return load_callable(spec, "--guide"), []
     known = _autoguides()
     if spec not in known:
         raise CLIError(f"--guide: unknown autoguide '{spec}'; give FILE.py:FN or one of "
                        f"{sorted(known)}")
-    return known[spec](model)
+    import jax
+    from numpyro.handlers import block, seed, trace
+
+    try:
+        tr = trace(seed(model, jax.random.PRNGKey(0))).get_trace(*args, **(kwargs or {}))
+    except Exception as e:  # the user's model failed on the data: say so in one line
+        raise CLIError(f"running the model on the data failed: {one_line(e)}{user_frame(e)}"
+                       ) from e
+    latent = [n for n, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
+    for site in hide:
+        if site not in latent:
+            raise CLIError(f"--hide: '{site}' is not a latent site of the model (its latent "
+                           f"sites: {latent})")
+    marked = [n for n in latent if tr[n]["infer"].get("enumerate") == "parallel"]
+    hidden = [*marked, *(h for h in hide if h not in marked)]
+    discrete = [n for n in latent if n not in hidden and tr[n]["fn"].support.is_discrete]
+    if discrete:
+        raise CLIError(f"--guide {spec}: the model's latent sites {discrete} are discrete; mark "
+                       "them for enumeration (numpyro.contrib.funsor.config_enumerate or "
+                       "infer={'enumerate': 'parallel'}) or pass "
+                       + " ".join(f"--hide {d}" for d in discrete)
+                       + " to sum them out in the model")
+    return known[spec](block(model, hide=hidden) if hidden else model), hidden
 
 
 def objective_constructors() -> dict[str, Callable]:

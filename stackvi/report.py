@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["summarize", "plot_history", "format_summary"]
+__all__ = ["summarize", "plot_history", "format_summary", "describe_params"]
 
 
 def _window(n: int) -> int:
@@ -62,6 +62,34 @@ def plot_history(history, name: str, path: Path) -> None:
     plt.close(fig)
 
 
+def describe_params(params: dict, max_values: int = 8) -> dict:
+    """Fitted (constrained) params for a summary: small ones as numbers, big ones as their
+    shape and spread; a module's params (a dict of arrays) as its array and number counts.
+
+    >>> import numpy as np
+    >>> describe_params({"m": np.float32(1.5), "w": np.arange(20.0)})
+    {'m': 1.5, 'w': 'shape (20,): mean 9.5, sd 5.77, min 0, max 19'}
+    """
+    import numpy as np
+
+    out: dict = {}
+    for name, value in params.items():
+        if isinstance(value, (dict, list, tuple)):
+            import jax
+
+            leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(value)]
+            out[name] = (f"{len(leaves)} arrays, {sum(x.size for x in leaves):,} numbers")
+            continue
+        x = np.asarray(value, dtype=np.float64)
+        if x.size <= max_values:
+            out[name] = round(float(x), 6) if x.ndim == 0 else [round(float(v), 6)
+                                                                for v in x.ravel()]
+        else:
+            out[name] = (f"shape {x.shape}: mean {x.mean():.4g}, sd {x.std():.3g}, "
+                         f"min {x.min():.4g}, max {x.max():.4g}")
+    return out
+
+
 def format_summary(s: dict, name: str, files: Sequence[Path]) -> str:
     """The summary printed at the end of ``stackvi fit``."""
     lines = [
@@ -76,5 +104,8 @@ def format_summary(s: dict, name: str, files: Sequence[Path]) -> str:
     lines.append(f"time: {s['wall_s']:.1f} s for {run} steps "
                  + (f"(resumed at step {s['steps'] - run}) " if run != s["steps"] else "")
                  + f"({s['steps_per_s'] or 0:.0f} steps/s, compilation included)")
+    if s.get("params"):
+        lines.append("params (constrained): " + ", ".join(
+            f"{k} = {v}" for k, v in s["params"].items()))
     lines.append("wrote: " + ", ".join(str(f) for f in files))
     return "\n".join(lines)

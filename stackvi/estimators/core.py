@@ -291,6 +291,15 @@ class Objective:
 
     def init_mutable(self, rng_key, *args, **kwargs) -> dict:
         """Initial values of the ``numpyro.mutable`` sites (empty when there are none)."""
+        names: list = []
+
+        def probe(key):  # traced only: no eager run (and compilation) for the usual model
+            names.extend(self._param_sites(key, args, kwargs, kind="mutable"))
+            return 0
+
+        jax.eval_shape(probe, rng_key)
+        if not names:
+            return {}
         sites = self._param_sites(rng_key, args, kwargs, kind="mutable")
         return {n: s["value"] for n, s in sites.items() if s["value"] is not None}
 
