@@ -659,13 +659,13 @@ def test_hmm_enumerate_model(num_steps):
     brute_case(model, guide, [], "enumerate", None, data)
 
 
-MODEL_AND_GUIDE_ENUM = ("model-side enumeration together with guide-side enumerate/mvd in one "
-                        "objective raises NotImplementedError")
+PLATE7_UNVERIFIED = ("still fails after the gradient-layer redesign, cause not yet confirmed "
+                     "(likely the design refusal of a model-side sum over global b with a "
+                     "plate-local enumerated/branched guide site c, as NumPyro plate_7 mvd)")
 
 
 @pytest.mark.parametrize("num_steps", [2])
-@pytest.mark.parametrize("strategy", strategy_params(
-    fast=(), xfails={"enumerate": MODEL_AND_GUIDE_ENUM, "mvd": MODEL_AND_GUIDE_ENUM}))
+@pytest.mark.parametrize("strategy", strategy_params(fast=()))
 def test_hmm_enumerate_model_and_guide(strategy, num_steps):
     sq = jnp.array([[0.75, 0.25], [0.25, 0.75]])
 
@@ -710,18 +710,9 @@ SCALE_INSIDE = ("model-side enumeration applies poutine.scale inside the sum (sÂ
                 "expected, like TraceEnum_ELBO): value/grads differ from exact")
 
 
-def x_strategies(scale, fast=("enumerate",), scale_xfail=True, extra=None):
-    out = []
-    for s in (STRATS if scale == 1 else ("enumerate", "reinforce-ema")):
-        marks = [] if s in fast else [SLOW]
-        if s in ("enumerate", "mvd"):
-            marks.append(xf(MODEL_AND_GUIDE_ENUM))
-        elif scale != 1 and scale_xfail:
-            marks.append(xf(SCALE_INSIDE))
-        elif extra and s in extra:
-            marks.append(xf(extra[s]))
-        out.append(pytest.param(s, marks=marks, id=s))
-    return out
+def x_strategies(scale, fast=("enumerate",)):
+    return [pytest.param(s, marks=[] if s in fast else [SLOW], id=s)
+            for s in (STRATS if scale == 1 else ("enumerate", "reinforce-ema"))]
 
 
 def expected_x(c, inner, scale_x, scale_inner):
@@ -797,15 +788,18 @@ def test_elbo_enumerate_3(strategy, scale):
 PLATE_DATA = {"single": (1, 1, (1,)), "batch": (2, 2, (1, 0)), "masked": (3, 2, (1, 0, 1))}
 
 
-def plate_grid(fast=()):
+def plate_grid(fast=(), xfails=None):
     """scale 1: every kind for enumerate/default, "batch" for the rest; scale 10: "masked"."""
+    xfails = xfails or {}
     out = []
     for scale in (1, 10):
         for p in x_strategies(scale, fast):
             s = p.values[0]
             kinds = (PLATE_DATA if s in ("enumerate", "default") else ["batch"]) if scale == 1 \
                 else ["masked"]
-            out += [pytest.param(scale, kind, s, marks=p.marks, id=f"{scale}-{kind}-{s}")
+            out += [pytest.param(scale, kind, s, id=f"{scale}-{kind}-{s}", marks=list(p.marks)
+                                 + ([xf(xfails[scale, kind, s])] if (scale, kind, s) in xfails
+                                    else []))
                     for kind in kinds]
     return out
 
@@ -868,7 +862,13 @@ def test_elbo_enumerate_plate_2(strategy, kind, scale):
              {**ENUM_PARAMS, "model_probs_z": PZ_2}, data)
 
 
-@pytest.mark.parametrize("scale,kind,strategy", plate_grid())
+SIZE1_PLATE_MARGINAL = ("a plate of size 1 around a model-side summed-out site: its marginal term "
+                        "loses the size-1 plate dim, then a false ValueError \"term "
+                        "'p:marginal(y)' depends on ... 'enum:x' but not along its plate 'data'\"")
+
+
+@pytest.mark.parametrize("scale,kind,strategy", plate_grid(
+    xfails={(1, "single", "enumerate"): SIZE1_PLATE_MARGINAL}))
 def test_elbo_enumerate_plate_3(strategy, kind, scale):
     num_samples, num_masked, d = PLATE_DATA[kind]
     data = jnp.asarray(d, dtype=jnp.int32)
@@ -903,8 +903,7 @@ def test_elbo_enumerate_plate_3(strategy, kind, scale):
 
 @pytest.mark.parametrize("outer_obs,inner_obs,scale", [
     pytest.param(o, i, scale, id=f"{o}-{i}-{scale}",
-                 marks=[SLOW]
-                 + ([xf(SCALE_INSIDE)] if scale != 1 else []))
+                 marks=[SLOW])
     for o, i in [(False, True), (True, False), (True, True)] for scale in (1, 10)])
 def test_elbo_enumerate_plate_4(outer_obs, inner_obs, scale):
     outer_data = 2.0
@@ -975,9 +974,9 @@ def test_elbo_enumerate_plate_5():
 
 
 @pytest.mark.parametrize("strategy", [
-    pytest.param("enumerate", marks=[SLOW, xf(MODEL_AND_GUIDE_ENUM)]),
+    pytest.param("enumerate", marks=SLOW),
     pytest.param("reinforce-ema", marks=SLOW),
-    pytest.param("mvd", marks=[SLOW, xf(MODEL_AND_GUIDE_ENUM)]),
+    pytest.param("mvd", marks=SLOW),
     pytest.param("reinforce", marks=SLOW)])
 def test_elbo_enumerate_plate_6(strategy):
     data = jnp.array([1, 2])
@@ -1004,7 +1003,7 @@ def test_elbo_enumerate_plate_6(strategy):
 
 @pytest.mark.parametrize("scale,strategy", [
     pytest.param(1, p.values[0], marks=p.marks, id=f"1-{p.id}") for p in strategy_params(
-        fast=(), xfails={"enumerate": MODEL_AND_GUIDE_ENUM, "mvd": MODEL_AND_GUIDE_ENUM})] + [
+        fast=(), xfails={"enumerate": PLATE7_UNVERIFIED, "mvd": PLATE7_UNVERIFIED})] + [
     pytest.param(10, "reinforce-ema", marks=[SLOW, xf(SCALE_INSIDE)], id="10-reinforce-ema")])
 def test_elbo_enumerate_plate_7(strategy, scale):
     init = {"model_probs_a": jnp.array([0.45, 0.55]),
