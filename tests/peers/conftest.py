@@ -425,9 +425,11 @@ def pytest_collection_modifyitems(config, items):
     CI's slow stage (``.ci/run``) runs a file's matrix once every case of it has
     been run against the current gradient layer and its strict-xfail marks
     updated: so far ``test_numpyro_gradient.py`` (44 pass). Re-run after the
-    gradient-layer redesign, not yet complete: ``test_numpyro_enum_elbo.py`` (all
-    its xfails, not its passing cases), ``test_pyro_valid_models.py`` (its 4
-    xfails), the others not at all. Run them with ``pytest -m peers_matrix``.
+    gradient-layer redesign, not yet complete (their strict xfails were re-run,
+    most of their other cases not): ``test_numpyro_enum_elbo.py`` (5 xfails not
+    re-run), ``test_pyro_enum.py``, ``test_pyro_valid_models.py``,
+    ``test_genjax_adev.py``, ``test_pyro_inference.py`` (9 of 24 cases re-run,
+    all pass). Run them with ``pytest -m peers_matrix``.
     """
     for item in items:
         if "tests/peers/" in str(item.fspath) and item.get_closest_marker("slow"):
