@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import threading
+import time
 import urllib.request
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -147,11 +148,23 @@ def test_tutorial_pages_show_their_figures_and_link_their_notebook(built_site, s
 def test_search_finds_elbo_in_the_api_reference(built_site, server, browser):
     tab = Visit(browser, server)
     page = tab.open(server)
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     search = page.locator("input.md-search__input")
     search.click()  # Material's search box, in the header at desktop widths
-    search.fill("elbo")
     results = page.locator(".md-search-result__item a")
-    results.first.wait_for(timeout=20_000)
+    # A query typed before the search worker has built its index is dropped, not queued:
+    # type it again until results show (or a minute has passed).
+    deadline = time.monotonic() + 60
+    while True:
+        search.fill("")
+        search.press_sequentially("elbo", delay=50)
+        try:
+            results.first.wait_for(timeout=5_000)
+            break
+        except PlaywrightTimeout:
+            if time.monotonic() > deadline:
+                raise
     hrefs = [results.nth(i).get_attribute("href") for i in range(results.count())]
     assert any("api/stackvi.estimators" in h and "elbo" in h for h in hrefs), hrefs
     SHOTS.mkdir(parents=True, exist_ok=True)
