@@ -105,6 +105,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="fit a model with a variational objective",
                        description=__doc__.split("::")[0].strip(), epilog=_choices(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _problem_args(p)
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"optimization steps in all (default: {DEFAULT_STEPS['bundled']} for "
+                   f"the bundled VAE, {DEFAULT_STEPS['user']} otherwise)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
+    p.add_argument("--optimizer", default="adam", help=f"optax optimizer: {', '.join(OPTIMIZERS)}")
+    p.add_argument("--out", help="output folder (default: a fresh runs/<timestamp>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier run in --out")
+    p.add_argument("--checkpoint-every", default="30s", metavar="N|Ts|N,Ts",
+                   help="write checkpoint.npz every N steps and/or T seconds (s, m, h); "
+                   "default 30s")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue the interrupted run whose outputs are in DIR")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    a = sub.add_parser("advise", help="measure every gradient strategy per site and recommend",
+                       description="Measure, at the initial parameters, every applicable "
+                       "unbiased gradient strategy (and reinforce baseline) on each guide site, "
+                       "one site at a time: gradient variance, step time, variance x time "
+                       "(stackvi.advise). Prints the table and the recommended --strategy "
+                       "options for `stackvi fit`.", epilog=_choices(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _problem_args(a)
+    a.add_argument("--keys", type=int, default=128,
+                   help="gradient draws per configuration (default: 128)")
+    a.add_argument("--repeats", type=int, default=10,
+                   help="timed steps per configuration (default: 10)")
+    return parser
+
+
+def _problem_args(p: argparse.ArgumentParser) -> None:
+    """Options naming the problem: model, guide, data, objective, strategies."""
     p.add_argument("--model", help=f"FILE.py:FN (default: the bundled VAE, {DEFAULT_MODEL})")
     p.add_argument("--guide", help="FILE.py:FN or a NumPyro autoguide name (AutoNormal, "
                    "AutoDiagonalNormal, AutoDelta, ...); default AutoNormal with --model")
@@ -120,23 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave a model site out of the autoguide (a discrete site the model "
                    "then sums out); sites marked for enumeration are left out anyway "
                    "(repeatable)")
-    p.add_argument("--steps", type=int, default=None,
-                   help=f"optimization steps in all (default: {DEFAULT_STEPS['bundled']} for "
-                   f"the bundled VAE, {DEFAULT_STEPS['user']} otherwise)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
-    p.add_argument("--optimizer", default="adam", help=f"optax optimizer: {', '.join(OPTIMIZERS)}")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (default: 0)")
-    p.add_argument("--out", help="output folder (default: a fresh runs/<timestamp>)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the results of an earlier run in --out")
-    p.add_argument("--checkpoint-every", default="30s", metavar="N|Ts|N,Ts",
-                   help="write checkpoint.npz every N steps and/or T seconds (s, m, h); "
-                   "default 30s")
-    p.add_argument("--resume", metavar="DIR",
-                   help="continue the interrupted run whose outputs are in DIR")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--traceback", action="store_true", help="show full tracebacks on errors")
-    return parser
 
 
 def _choices() -> str:
@@ -214,8 +231,8 @@ def _resume_options(a: argparse.Namespace, argv: Sequence[str]) -> Path:
 
 # --------------------------------------------------------------------------- the job
 
-def fit_job(a: argparse.Namespace, argv: Sequence[str] = ()) -> int:
-    run = _resume_options(a, argv) if a.resume else None
+def _problem(a: argparse.Namespace):
+    """``(guide, hidden, strategy, baseline, objective, args, kwargs)`` from the options."""
     bundled = a.model is None
     model = load_callable(a.model or DEFAULT_MODEL, "--model")
     if a.guide is None:
@@ -226,6 +243,35 @@ def fit_job(a: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     strategy, baseline = pairs(a.strategy, "--strategy"), pairs(a.baseline, "--baseline")
     guide = apply_strategies(guide, strategy, baseline)
     objective = make_objective(a.objective, model, guide, a.particles)
+    return guide, hidden, strategy, baseline, objective, args, kwargs
+
+
+def advise_job(a: argparse.Namespace) -> int:
+    """``stackvi advise``: the advisor's table and the recommended ``--strategy`` options."""
+    import jax
+
+    import stackvi as sv
+
+    *_, objective, args, kwargs = _problem(a)
+    key = jax.random.PRNGKey(a.seed)
+    params = objective.init(key, *args, **kwargs)
+    advice = sv.advise(objective, params, key, *args, num_keys=a.keys, repeats=a.repeats,
+                       progress=lambda s: print(f"stackvi advise: measuring {s}",
+                                                file=sys.stderr, flush=True), **kwargs)
+    print(advice.table())
+    flags = []
+    for site, (name, options) in advice.recommended.items():
+        flags.append(f"--strategy {site}={name}")
+        if options.get("baseline") is not None:
+            flags.append(f"--baseline {site}={options['baseline']}")
+    print(f"\nrecommended: stackvi fit {' '.join(flags)}")
+    return 0
+
+
+def fit_job(a: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    run = _resume_options(a, argv) if a.resume else None
+    bundled = a.model is None
+    guide, hidden, strategy, baseline, objective, args, kwargs = _problem(a)
     optimizer = make_optimizer(a.optimizer, a.lr)
     a.steps = a.steps if a.steps is not None else DEFAULT_STEPS["bundled" if bundled else "user"]
     if a.steps < 1:
@@ -326,8 +372,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_traceback = "--traceback" in argv
     try:
         a = build_parser().parse_args(argv)
+        if a.command == "advise":
+            return advise_job(a)
         if a.command != "fit":
-            raise CLIError("give a command: stackvi fit [options] (see 'stackvi --help')")
+            raise CLIError("give a command: stackvi fit|advise [options] (see 'stackvi --help')")
         return fit_job(a, argv)
     except KeyboardInterrupt:
         print("stackvi fit: interrupted", file=sys.stderr)
