@@ -4,6 +4,10 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
 # ---
 
 # %% [markdown]
@@ -51,7 +55,8 @@ from stackvi.estimators import Objective, particles, score_model
 from stackvi.handlers import simulate, trace_terms
 from stackvi.terms import Term, Terms
 
-FIGDIR = os.environ.get("STACKVI_FIGDIR", "tutorials/figures")
+FIGDIR = os.environ.get("STACKVI_FIGDIR") or (
+    "figures" if os.path.basename(os.getcwd()) == "tutorials" else "tutorials/figures")
 os.makedirs(FIGDIR, exist_ok=True)
 # STACKVI_SMOKE=1 (the test suite): fewer steps, same checks
 SMOKE = os.environ.get("STACKVI_SMOKE", "0") not in ("", "0")
