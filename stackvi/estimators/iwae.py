@@ -85,9 +85,10 @@ def data_plates(terms: Terms) -> tuple[str, ...]:
     """The plates every term lies in (NumPyro ``RenyiELBO``'s independent plates).
 
     >>> import jax.numpy as jnp
+    >>> from stackvi.axes import PARTICLES
     >>> from stackvi.terms import Term
-    >>> data_plates(Terms((Term("p:z", jnp.ones((2, 3)), ("particles", "data")),
-    ...                    Term("q:z", jnp.ones((2, 3)), ("particles", "data")))))
+    >>> data_plates(Terms((Term("p:z", jnp.ones((2, 3)), (PARTICLES, "data")),
+    ...                    Term("q:z", jnp.ones((2, 3)), (PARTICLES, "data")))))
     ('data',)
     """
     common = None
