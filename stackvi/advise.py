@@ -125,9 +125,9 @@ class Advice:
 
 def _guide_sites(objective, params, rng_key, args, kwargs) -> tuple[list[dict], list[str]]:
     """Latent sites the guide samples (in order), and those its own handlers claimed."""
-    from stackvi.estimators.core import _substitute_params
+    from stackvi.estimators.core import substitute_params
 
-    with _substitute_params(params=params):
+    with substitute_params(params=params):
         tr = trace(seed(objective.guide, rng_key)).get_trace(*args, **kwargs)
     sites = [s for s in tr.values() if is_latent(s)]
     fixed = [s["name"] for s in sites if "strategy" in s["infer"]

@@ -16,13 +16,13 @@
 # Fine-tuning a language model with reinforcement learning usually maximizes
 # a reward *minus a KL penalty* to the pretrained model π₀:
 #
-# $$J(\pi) = \mathbb{E}_{\pi}[r(x)] - \beta\,\mathrm{KL}(\pi \,\|\, \pi_0).$$
+#     J(π) = E_π[r(x)] − β · KL(π ‖ π₀).
 #
 # Korbak, Perez and Buckley ("RL with KL penalties is better viewed as
 # Bayesian inference", 2022) point out that maximizing J is not reward
 # maximization at all but variational inference, with the target
 #
-# $$p^*(x) = \frac{1}{Z}\,\pi_0(x)\,e^{r(x)/\beta},$$
+#     p*(x) = π₀(x) · exp(r(x)/β) / Z,
 #
 # π₀ as the prior and `exp(r/β)` as the likelihood. This tutorial makes the
 # argument executable on a model small enough to enumerate: every number in
@@ -295,14 +295,13 @@ def expected_reward(guide, num_particles):
 # **(b) The ELBO**, the library's `elbo` of the model `target` (π₀ plus the
 # reward factor) with the policy as guide. Why it is KL-regularized RL:
 #
-# $$\mathrm{ELBO}(\pi)
-#   = \mathbb{E}_\pi\!\left[\log \pi_0(x) + \frac{r(x)}{\beta} - \log \pi(x)\right]
-#   = \frac{1}{\beta}\Big(\mathbb{E}_\pi[r] - \beta\,\mathrm{KL}(\pi\|\pi_0)\Big)
-#   = \frac{J(\pi)}{\beta},$$
+#     ELBO(π) = E_π[log π₀(x) + r(x)/β − log π(x)]
+#             = (E_π[r] − β · KL(π ‖ π₀)) / β
+#             = J(π) / β,
 #
 # and, writing log p*(x) = log π₀(x) + r(x)/β − log Z,
 #
-# $$\mathrm{ELBO}(\pi) = \log Z - \mathrm{KL}(\pi \,\|\, p^*).$$
+#     ELBO(π) = log Z − KL(π ‖ p*).
 #
 # So maximizing the KL-penalized reward *is* minimizing KL(π‖p*) (log Z does
 # not depend on π): its optimum over all distributions is π = p* itself, π₀

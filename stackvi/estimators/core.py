@@ -70,6 +70,7 @@ __all__ = [
     "PARTICLES",
     "MUTABLE",
     "isolate_mutable",
+    "substitute_params",
 ]
 
 
@@ -177,7 +178,7 @@ def _is_real(constraint) -> bool:
     return isinstance(constraint, type(constraints.real))
 
 
-class _substitute_params(Messenger):
+class substitute_params(Messenger):
     """Answer every ``param`` site from ``params`` (unconstrained, the optimizer's space).
 
     ``numpyro.mutable`` sites (e.g. a flax BatchNorm's ``batch_stats``) are answered
@@ -323,7 +324,7 @@ class Objective:
         if not isinstance(params, dict):
             raise TypeError(f"{self.name}: params must be the dict from objective.init(...), "
                             f"got {type(params).__name__}.")
-        subs = _substitute_params(params=params, mutable=mutable)
+        subs = substitute_params(params=params, mutable=mutable)
         with subs, recording() as rec:
             value = seed(self.program, rng_key)(*args, **kwargs)
         if not isinstance(value, (Terms, LearningSignal)):

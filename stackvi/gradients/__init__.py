@@ -36,7 +36,16 @@ from stackvi.gradients.contract import (
     upstream_weights,
 )
 from stackvi.gradients.records import SiteRecord, current_recorder, recording
-from stackvi.gradients.strategy import STRATEGIES, Strategy, Trace, claim, register, simulate
+from stackvi.gradients.strategy import (
+    STRATEGIES,
+    Strategy,
+    Trace,
+    claim,
+    dist_name,
+    register,
+    simulate,
+    unwrapped,
+)
 from stackvi.gradients.surrogate import Signals, estimate, surrogate
 
 # isort: split
@@ -60,6 +69,8 @@ __all__ = [
     "claim",
     "simulate",
     "Trace",
+    "dist_name",
+    "unwrapped",
     "score_model",
     "model_density",
     "Signals",

@@ -21,7 +21,10 @@ Which strategies admit it is a property of each strategy class
 (``"exact"``: the exact weights keep their derivatives of every order) do;
 ``mvd``, ``disarm`` and other branch rules are first-order constructions, and
 asking for their higher derivatives is an error naming the site. A mix of
-enumerated and score-function sites is refused too (not implemented).
+enumerated and score-function sites is refused too (not implemented). An
+objective that returns a :class:`~stackvi.estimators.signals.LearningSignal`
+(per-datapoint ``iwae``, ``vimco``) gets plain DiCE on its scalar value: unbiased
+at every order, without the first-order estimator's per-element variance reduction.
 
 >>> import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist
 >>> from stackvi import estimators
@@ -41,11 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stackvi.estimators.signals import LearningSignal
 from stackvi.gradients.contract import needs_contraction
 from stackvi.gradients.records import SiteRecord
 from stackvi.gradients.strategy import lookup
-from stackvi.gradients.surrogate import Signals, scalar_value
+from stackvi.gradients.surrogate import Signals, masked_sum, scalar_value
 from stackvi.terms import Terms, align
 
 __all__ = ["magic", "any_order_surrogate"]
@@ -60,12 +62,6 @@ def magic(x: jax.Array) -> jax.Array:
 
 def _check(value, records: list[SiteRecord]) -> str:
     """``"score"`` or ``"exact"``: the one higher-order rule that covers every record."""
-    if isinstance(value, LearningSignal):
-        raise ValueError(
-            "objective.surrogate: this objective returns a LearningSignal (per-particle signals "
-            "such as VIMCO's), a first-order construction; higher derivatives need an objective "
-            "that returns Terms or a scalar (elbo, iwae, renyi, ...)."
-        )
     rules = {}
     for r in records:
         rule = lookup(r.kind, r.name).higher_order
@@ -99,8 +95,7 @@ def _cost_factors(value: Terms, records: list[SiteRecord]) -> jax.Array:
                                             shape) for r in records])
         mask = np.array([[t.source is None or t.source not in r.upstream for r in records]
                          for t in group], dtype=log_q.dtype)
-        # Opaque to XLA for the same reason as Signals._layout_signals (linear compiled size).
-        exponents = jnp.tensordot(jax.lax.optimization_barrier(jnp.asarray(mask)), log_q, axes=1)
+        exponents = masked_sum(mask, log_q)
         costs = jnp.stack([t.array for t in group])
         out = out + jnp.sum(magic(exponents) * costs)
     return out
@@ -114,8 +109,8 @@ def _baseline_terms(value, records: list[SiteRecord], state: dict | None):
     ctx = Signals(value, records, state)
     out = jnp.zeros(())
     for r in with_baseline:
-        ctx._check_baseline(r)
-        b, fit = ctx._baseline(r, ctx.signal(r), r)
+        ctx.check_baseline(r)
+        b, fit = ctx.baseline(r, ctx.signal(r), r)
         lp = r.log_prob.array
         out = out + jnp.sum((1.0 - magic(lp)) * sg(jnp.broadcast_to(b, lp.shape))) + fit
     return out, ctx.new_state
@@ -130,7 +125,10 @@ def any_order_surrogate(value, records: list[SiteRecord], state: dict | None = N
         return ctx.total(), ctx.pathwise(), {}
     if isinstance(value, Terms):
         out = _cost_factors(value, records)
-    else:  # one cost that may depend on every sample (plain DiCE)
+    else:
+        # One cost that may depend on every sample (plain DiCE). A LearningSignal's
+        # per-element signals (per-datapoint IWAE, VIMCO's leave-one-out) are first-order
+        # constructions, not a decomposition of the cost, so only its scalar value is used.
         total = scalar_value(value)
         exponent = sum((jnp.sum(r.log_prob.array) for r in records), start=jnp.zeros(()))
         out = magic(exponent) * total

@@ -42,8 +42,8 @@ from numpyro.primitives import Messenger
 
 from stackvi.gradients.records import SiteRecord, current_recorder
 
-__all__ = ["Strategy", "register", "STRATEGIES", "simulate", "claim", "dist_name", "is_latent",
-           "Trace", "numbered"]
+__all__ = ["Strategy", "register", "STRATEGIES", "simulate", "claim", "dist_name", "unwrapped",
+           "is_latent", "Trace", "numbered"]
 
 SiteSelector = Iterable[str] | Callable[[dict], bool] | None
 
@@ -70,14 +70,21 @@ def is_latent(msg: dict) -> bool:
     return msg["type"] == "sample" and not msg["is_observed"]
 
 
+def unwrapped(fn):
+    """The distribution under NumPyro's expand/mask/to_event wrappers.
+
+    >>> import numpyro.distributions as dist
+    >>> type(unwrapped(dist.Bernoulli(logits=0.0).expand([3]).mask(False).to_event(1)))
+    <class 'numpyro.distributions.discrete.BernoulliLogits'>
+    """
+    while type(fn).__name__ in ("ExpandedDistribution", "MaskedDistribution", "Independent"):
+        fn = fn.base_dist
+    return fn
+
+
 def dist_name(msg: dict) -> str:
     """The distribution's name, looking through NumPyro's expand/mask/to_event wrappers."""
-    fn = msg["fn"]
-    while hasattr(fn, "base_dist") and type(fn).__name__ in ("ExpandedDistribution",
-                                                               "MaskedDistribution",
-                                                               "Independent"):
-        fn = fn.base_dist
-    return type(fn).__name__
+    return type(unwrapped(msg["fn"])).__name__
 
 
 def claim(msg: dict, name: str, options: dict, claimer: str) -> None:

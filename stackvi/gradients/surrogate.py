@@ -132,11 +132,7 @@ class Signals:
                              for t in terms])
         mask = np.array([[t.source is None or t.source not in r.upstream for t in terms]
                          for r in group], dtype=stacked.dtype)
-        # The barrier hides that the mask is a constant. Otherwise XLA rewrites
-        # dot(constant, stack(terms)) as Σ_t mask[:, t]·term_t, an elementwise expression
-        # it then recomputes inside every record's gradient: a compiled module quadratic
-        # in the sites although the traced program is linear (test_findings, finding 11).
-        return jnp.tensordot(jax.lax.optimization_barrier(jnp.asarray(mask)), stacked, axes=1)
+        return masked_sum(mask, stacked)
 
     def batched_score_terms(self, records: list[SiteRecord]) -> jax.Array:
         """``Σ_records Σ (log q − sg log q) · sg(L)`` as one expression per layout."""
@@ -170,8 +166,8 @@ class Signals:
         signal = self.signal(record)
         out = jnp.zeros(())
         if record.baseline is not None:
-            self._check_baseline(record)
-            b, fit = self._baseline(record, signal, record)
+            self.check_baseline(record)
+            b, fit = self.baseline(record, signal, record)
             signal = signal - sg(b)
             out = out + fit
         return out + jnp.sum((lp.array - sg(lp.array)) * signal)
@@ -184,16 +180,17 @@ class Signals:
             f, fnames = select(t.array, t.names, self.branches)
             acc = acc + contract([(d, names), (sg(f), fnames)], self.weights, t.label)
         if record.baseline is not None:
-            self._check_baseline(record)
+            self.check_baseline(record)
             signal = self.signal(record)
             flat = record._replace(log_prob=Term(record.log_prob.label, lp, names))
-            b, fit = self._baseline(flat, signal, record)
+            b, fit = self.baseline(flat, signal, record)
             acc = acc + fit - contract(
                 [(d, names), (sg(jnp.broadcast_to(b, lp.shape)), names)], self.weights,
                 record.name)
         return acc
 
-    def _check_baseline(self, record):
+    def check_baseline(self, record):
+        """Refuse a baseline that needs per-particle costs when the objective has none."""
         if record.baseline.needs_terms and not self.linear:
             # Every particle's signal is the same scalar, so the other particles' mean
             # *is* this particle's signal: silently biased, never allowed. (A
@@ -206,11 +203,24 @@ class Signals:
                 "Use baseline='ema' (MovingAverage) here instead."
             )
 
-    def _baseline(self, record, signal, key_record):
+    def baseline(self, record, signal, key_record):
+        """``(b, fit)``: ``record``'s baseline for ``signal`` and its fitting term; the
+        baseline's new state is kept under ``key_record``'s name in ``new_state``."""
         key = key_record.name
         st = self.state.get(key, record.baseline.init_state())
         b, self.new_state[key], fit = record.baseline.evaluate(signal, record, st)
         return b, fit
+
+
+def masked_sum(mask: np.ndarray, stacked: jax.Array) -> jax.Array:
+    """``mask @ stacked`` over the leading axis, ``mask`` a constant 0/1 matrix.
+
+    The barrier hides that the mask is a constant. Otherwise XLA rewrites
+    dot(constant, stack(xs)) as Σ_t mask[:, t]·x_t, an elementwise expression it then
+    recomputes inside every site's gradient: a compiled module quadratic in the sites
+    although the traced program is linear (test_findings, finding 11).
+    """
+    return jnp.tensordot(jax.lax.optimization_barrier(jnp.asarray(mask)), stacked, axes=1)
 
 
 def _run(value, records, state):

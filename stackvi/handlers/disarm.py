@@ -38,7 +38,6 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 from jax import random
-from numpyro.distributions.distribution import ExpandedDistribution, Independent, MaskedDistribution
 
 from stackvi.gradients import (
     SiteRecord,
@@ -52,6 +51,7 @@ from stackvi.gradients import (
     register,
     select,
     site_term,
+    unwrapped,
     upstream_weights,
 )
 from stackvi.terms import site_log_prob
@@ -62,9 +62,8 @@ sg = jax.lax.stop_gradient
 
 
 def _bernoulli(fn):
-    while isinstance(fn, (ExpandedDistribution, Independent, MaskedDistribution)):
-        fn = fn.base_dist
-    return fn if isinstance(fn, (dist.BernoulliLogits, dist.BernoulliProbs)) else None
+    base = unwrapped(fn)
+    return base if isinstance(base, (dist.BernoulliLogits, dist.BernoulliProbs)) else None
 
 
 @register

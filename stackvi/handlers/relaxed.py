@@ -41,9 +41,8 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 from jax import random
-from numpyro.distributions.distribution import ExpandedDistribution, Independent, MaskedDistribution
 
-from stackvi.gradients import Strategy, register
+from stackvi.gradients import Strategy, register, unwrapped
 
 __all__ = ["gumbel_softmax", "straight_through"]
 
@@ -51,9 +50,8 @@ sg = jax.lax.stop_gradient
 
 
 def _bernoulli(fn):
-    while isinstance(fn, (ExpandedDistribution, Independent, MaskedDistribution)):
-        fn = fn.base_dist
-    return fn if isinstance(fn, (dist.BernoulliLogits, dist.BernoulliProbs)) else None
+    base = unwrapped(fn)
+    return base if isinstance(base, (dist.BernoulliLogits, dist.BernoulliProbs)) else None
 
 
 @register
