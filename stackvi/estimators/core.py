@@ -369,19 +369,27 @@ class Objective:
         mutable = _mutable_of(state)
         baseline_state = ({k: v for k, v in state.items() if k != MUTABLE}
                           if state is not None else None)
+        variance: set = set()  # params a record trains on the estimator's variance
 
         def f(p):
             value, records, new_mutable = self._run(p, rng_key, args, kwargs, mutable)
+            variance.update(n for r in records for n in r.variance_params)
             total, sur, new_state = surrogate(value, records, baseline_state)
             if new_mutable is not None:
                 new_state = {**new_state, MUTABLE: jax.lax.stop_gradient(new_mutable)}
             return sur, (total, new_state)
 
         (_, (total, new_state)), grads = jax.value_and_grad(f, has_aux=True)(params)
+        if variance:
+            return _variance_step(f, params, variance)
         return total, grads, new_state
 
     def value_and_grad(self, params, rng_key, *args, **kwargs):
-        """``(value, grads)``: the estimate and an unbiased estimate of its gradient."""
+        """``(value, grads)``: the estimate and an unbiased estimate of its gradient.
+
+        Params that a strategy trains on the estimator's variance
+        (``SiteRecord.variance_params``: ``relax``'s control variate) get ``−∇‖ĝ‖²``
+        instead, ``ĝ`` the estimate for the other params (see ``_variance_step``)."""
         value, grads, _ = self.value_and_grad_with_state(params, None, rng_key, *args, **kwargs)
         return value, grads
 
@@ -416,6 +424,26 @@ class Objective:
         if not bool(jnp.isfinite(value)):
             raise NonFiniteError(non_finite_message(self, params, rng_key, args, kwargs))
         return value
+
+
+def _variance_step(f, params: dict, variance: set):
+    """``(value, grads, state)`` when some records declare ``variance_params`` (``relax``'s
+    control variate): those params get ``−∇_φ ‖ĝ‖²``, ``ĝ`` the surrogate's gradient in
+    every other param (whose entries are unchanged), so an ascent step on the objective is
+    a descent step on the estimator's variance (``E ĝ`` does not depend on ``φ``). One
+    more differentiation of the program (reverse over reverse); under ``jit`` the first
+    pass, which only found the names, is dead code.
+    """
+    phi = {k: v for k, v in params.items() if k in variance}
+    rest = {k: v for k, v in params.items() if k not in variance}
+
+    def estimator(phi):
+        (_, aux), g = jax.value_and_grad(f, has_aux=True)({**rest, **phi})
+        return {k: g[k] for k in rest}, aux
+
+    g_rest, pullback, (total, new_state) = jax.vjp(estimator, phi, has_aux=True)
+    (g_phi,) = pullback(jax.tree_util.tree_map(lambda g: -2.0 * g, g_rest))
+    return total, {**g_rest, **g_phi}, new_state
 
 
 def non_finite_message(obj: Objective, params, rng_key, args, kwargs) -> str:

@@ -48,6 +48,9 @@ class SiteRecord(NamedTuple):
     holds the keys (``Term.source``) of terms that cannot depend on this
     sample. ``extra`` are traced arrays the strategy's rule needs, ``static``
     its hashable static data. ``trace`` identifies the trace that drew it.
+    ``variance_params`` names parameters (a strategy's control variate, e.g.
+    ``relax``'s) that the objective trains to minimise the gradient estimator's
+    variance instead of maximising the objective (``Objective.value_and_grad``).
     """
 
     name: str
@@ -59,6 +62,7 @@ class SiteRecord(NamedTuple):
     extra: tuple = ()
     static: Any = None
     trace: int | None = None
+    variance_params: frozenset = frozenset()
 
     def with_axis(self, axis) -> SiteRecord:
         """The same record after a leading axis ``axis`` was stacked on (by ``vmap``)."""
@@ -71,13 +75,13 @@ class SiteRecord(NamedTuple):
 
 def _flatten(r: SiteRecord):
     return (r.log_prob, r.extra), (r.name, r.kind, r.baseline, r.upstream, r.axis, r.static,
-                                   r.trace)
+                                   r.trace, r.variance_params)
 
 
 def _unflatten(aux, children):
-    name, kind, baseline, upstream, axis, static, trace = aux
+    name, kind, baseline, upstream, axis, static, trace, variance_params = aux
     return SiteRecord(name, children[0], kind, baseline, upstream, axis, tuple(children[1]),
-                      static, trace)
+                      static, trace, variance_params)
 
 
 jax.tree_util.register_pytree_node(SiteRecord, _flatten, _unflatten)

@@ -2,7 +2,7 @@
 
 Tracing and scoring: :class:`trace` (NumPyro's), :class:`density`.
 Gradient strategies: :class:`reparam`, :class:`reinforce`, :class:`enumerate`,
-:class:`mvd`, :class:`disarm`, :class:`arm`, :class:`unordered_set`; biased
+:class:`mvd`, :class:`disarm`, :class:`arm`, :class:`relax`, :class:`unordered_set`; biased
 (claimed only with ``biased=True``): :class:`gumbel_softmax`, :class:`straight_through`;
 :class:`strategies` and :class:`configure` to choose them per site;
 :func:`simulate` (run a guide under its strategies).
@@ -18,6 +18,7 @@ from stackvi.handlers.density import density, trace_terms
 from stackvi.handlers.disarm import arm, disarm
 from stackvi.handlers.enumerate import enum_scope, enumerate
 from stackvi.handlers.mvd import mvd
+from stackvi.handlers.relax import relax
 from stackvi.handlers.relaxed import gumbel_softmax, straight_through
 from stackvi.handlers.smc import SMCResult, smc_filter, smc_marginalize
 from stackvi.handlers.stop import stop_params, stop_samples
@@ -54,6 +55,7 @@ __all__ = [
     "mvd",
     "disarm",
     "arm",
+    "relax",
     "unordered_set",
     "gumbel_softmax",
     "straight_through",

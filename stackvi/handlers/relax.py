@@ -1,0 +1,301 @@
+"""``relax``: RELAX gradients for Bernoulli sites (Grathwohl et al., ICLR 2018).
+
+For ``b ~ Bernoulli(σ(α))`` drawn as ``b = H(z)`` with ``z = α + logit(u)``
+(``u ~ U(0, 1)``, a reparameterized logistic), ``z̃ ~ p(z | b)`` drawn by the
+conditional reparameterization (``v ~ U(0, 1)``; ``z̃ = softplus(α + log v) −
+log(1 − v)`` when ``b = 1``, its mirror image when ``b = 0``), and any
+control variate ``c_φ``,
+
+    ĝ_θ = [f(b) − c_φ(z̃)] ∇_θ log p(b) + ∇_θ c_φ(z) − ∇_θ c_φ(z̃)
+
+is unbiased for ``∇_θ E[f(b)]`` (``f``: the site's learning signal, the costs
+that may depend on it, Rao-Blackwellized by plate as for ``reinforce``). With
+``c ≡ 0`` it is REINFORCE; a ``c_φ`` close to ``f ∘ H`` makes the first term
+small while the last two carry the gradient, pathwise through ``z`` and ``z̃``.
+
+``c_φ`` is trained to minimise the estimator's variance: its parameters are
+declared in the site's record (``SiteRecord.variance_params``), and
+``Objective.value_and_grad`` — so :func:`stackvi.fit` and your own optax loop
+alike — returns for them ``−∇_φ ‖ĝ‖²`` (``ĝ``: the estimate of the gradient of
+every other parameter; ``E ĝ`` does not depend on ``φ``, so this is minus the
+gradient of the variance), so that the usual ascent step on the objective is
+a descent step on the variance. It costs one more differentiation of the
+program (reverse over reverse) per step.
+
+The default ``c_φ`` is a small MLP ``ℝ → ℝ`` (one tanh layer of ``hidden``
+units) applied to every coordinate of ``z``, shared by the site's elements,
+with parameters ``relax:<site>:w1``, ``…:b1``, ``…:w2``, ``…:b2`` (the
+``relax:`` prefix is reserved). They are ordinary param sites: created by
+``objective.init``, optimized by ``fit``, checkpointed. It starts at ``c ≡ 0``
+(REINFORCE) and learns from the first step. Your own
+``control_variate(z, site) -> array`` may use ``numpyro.param`` /
+``numpyro.module`` (those params are trained on the variance too); it returns
+either the shape of ``z`` (one value per coordinate, per-coordinate
+estimator) or the site's batch shape (one value per element, over its event).
+It must treat a plate's elements separately (element ``i``'s value may depend
+on ``z[i]`` only), like a baseline.
+
+Claim it with a handler (``relax(guide, sites=[...])``, ``strategies``,
+``configure``) so ``objective.init`` sees the control variate's params; a
+claim written in the site's ``infer`` dict is refused for the default one.
+First derivatives only (``objective.surrogate`` refuses it).
+
+>>> import jax, numpyro, numpyro.distributions as dist
+>>> from stackvi import estimators
+>>> def model():
+...     numpyro.sample("b", dist.Bernoulli(0.3))
+>>> def guide():
+...     numpyro.sample("b", dist.Bernoulli(logits=numpyro.param("a", 0.4)))
+>>> obj = estimators.elbo(model, relax(guide, hidden=4))
+>>> params = obj.init(jax.random.PRNGKey(0))
+>>> sorted(params)
+['a', 'relax:b:b1', 'relax:b:b2', 'relax:b:w1', 'relax:b:w2']
+>>> _, grads = jax.jit(obj.value_and_grad)(params, jax.random.PRNGKey(1))
+>>> bool(grads["relax:b:w2"].any())   # −∇‖ĝ‖²: φ learns from the first step
+True
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from jax import random
+from numpyro.primitives import Messenger
+
+from stackvi import terms as _terms
+from stackvi.axes import Axis
+from stackvi.gradients import SiteRecord, Strategy, check_plated, contract, register, select
+from stackvi.terms import Term, site_log_prob
+
+__all__ = ["relax", "PREFIX"]
+
+PREFIX = "relax:"  # reserved: the default control variate's params are relax:<site>:...
+
+sg = jax.lax.stop_gradient
+
+_WRAPPERS = ("ExpandedDistribution", "MaskedDistribution", "Independent")
+
+
+def _unwrap(fn):
+    """``(base, masks)``: the distribution under expand/mask/to_event, and every
+    ``.mask(m)`` met on the way as ``(m, batch_shape, event_shape)`` of its level."""
+    masks = []
+    while type(fn).__name__ in _WRAPPERS:
+        if type(fn).__name__ == "MaskedDistribution":
+            masks.append((fn._mask, tuple(fn.batch_shape), tuple(fn.event_shape)))
+        fn = fn.base_dist
+    return fn, masks
+
+
+def _bernoulli(fn):
+    base, _ = _unwrap(fn)
+    return base if isinstance(base, (dist.BernoulliLogits, dist.BernoulliProbs)) else None
+
+
+def _coordinate_mask(msg, shape):
+    """``None`` or a 0/1 array of ``shape`` (batch + event): the site's unmasked coordinates."""
+    out = None
+    for m, batch, event in _unwrap(msg["fn"])[1]:
+        if m is True:
+            continue
+        m = jnp.broadcast_to(jnp.asarray(m), batch)
+        m = jnp.broadcast_to(m.reshape(batch + (1,) * len(event)), batch + event)
+        out = m if out is None else out & m
+    site_mask = msg.get("mask")
+    if site_mask is not None and site_mask is not True:
+        n = len(msg["fn"].event_shape)
+        batch = shape[:len(shape) - n]
+        m = jnp.broadcast_to(jnp.asarray(site_mask), batch).reshape(batch + (1,) * n)
+        out = m if out is None else out & m
+    if out is None:
+        return None
+    return jnp.broadcast_to(out, shape).astype(jnp.result_type(float))
+
+
+def mlp(z, site, hidden: int = 16):
+    """The default control variate: ``Σ_j w2_j tanh(w1_j z + b1_j) + b2``, per coordinate.
+
+    Initialised at ``c ≡ 0`` with the hidden units' thresholds spread over
+    ``[−3, 3]`` (a basis of smooth steps in ``z``, the shape of ``f ∘ H``).
+    """
+    pre = f"{PREFIX}{site['name']}:"
+    w1 = numpyro.param(pre + "w1", jnp.ones(hidden))
+    b1 = numpyro.param(pre + "b1", jnp.linspace(-3.0, 3.0, hidden))
+    w2 = numpyro.param(pre + "w2", jnp.zeros(hidden))
+    b2 = numpyro.param(pre + "b2", jnp.zeros(()))
+    return jnp.tanh(z[..., None] * w1 + b1) @ w2 + b2
+
+
+class _param_names(Messenger):
+    """Collect the names of the param sites used inside the block."""
+
+    def __init__(self):
+        self.names: list[str] = []
+        super().__init__(None)
+
+    def process_message(self, msg):
+        if msg["type"] == "param":
+            self.names.append(msg["name"])
+
+
+def _layout(msg, array, coord: Axis, label: str) -> Term:
+    """``array`` of shape batch + (E,) as a Term: named plate dims, then ``coord``."""
+    batch = tuple(msg["fn"].batch_shape)
+    n = len(batch)
+    frames = _terms.dim_names(msg)
+    names = tuple(frames[i - n] for i in range(n) if (i - n) in frames)
+    squeeze = tuple(i for i in range(n) if (i - n) not in frames)
+    return Term(label, jnp.squeeze(array, squeeze) if squeeze else array, names + (coord,))
+
+
+@register
+class relax(Strategy):
+    """RELAX with a learned control variate for the claimed Bernoulli sites (module docstring)."""
+
+    name = "relax"
+    detach_own_term = True  # E[∇ log q(b)] = 0: its own log q enters the value detached
+
+    def __init__(self, fn=None, sites=None, *, control_variate=None, hidden: int = 16):
+        super().__init__(fn, sites, control_variate=control_variate, hidden=hidden)
+
+    @classmethod
+    def _check(cls, msg, claimer):
+        if _bernoulli(msg["fn"]) is None:
+            raise ValueError(
+                f"{claimer}: site '{msg['name']}' ({type(_unwrap(msg['fn'])[0]).__name__}) is "
+                f"not a Bernoulli; {cls.name} handles Bernoulli sites only. Use mvd, enumerate, "
+                "unordered_set or reinforce for it."
+            )
+        cv = msg["infer"].get("control_variate")
+        if cv is not None and not callable(cv):
+            raise ValueError(f"{claimer}: site '{msg['name']}': control_variate must be a "
+                             f"function (z, site) -> array, got {cv!r}")
+        hidden = msg["infer"].get("hidden", 16)
+        if not (isinstance(hidden, int) and hidden >= 1):
+            raise ValueError(f"{claimer}: site '{msg['name']}': hidden must be a positive int, "
+                             f"got {hidden!r}")
+
+    @classmethod
+    def validate(cls, msg, claimer):
+        cls._check(msg, claimer)
+        # claim() validates before prepare; a claim in the site's infer dict does not.
+        msg["infer"]["_stackvi_relax_claimed"] = True
+
+    @classmethod
+    def prepare(cls, msg):
+        if msg["value"] is not None:
+            return
+        claimer = f"infer={{'strategy': '{cls.name}'}}"
+        cls._check(msg, claimer)
+        cv = msg["infer"].get("control_variate")
+        if cv is None and not msg["infer"].get("_stackvi_relax_claimed"):
+            raise ValueError(
+                f"{claimer}: site '{msg['name']}' ({type(_unwrap(msg['fn'])[0]).__name__}) is "
+                "claimed by relax in its infer dict, but relax's default control variate has "
+                "parameters that objective.init only sees when a handler claims the site: use "
+                "relax(guide, sites=[...]), strategies or configure (or pass a parameter-free "
+                "control_variate)."
+            )
+        key = numpyro.prng_key()
+        if key is None:
+            return
+        check_plated(msg, cls.name)
+        fn = msg["fn"]
+        shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
+        logits = jnp.broadcast_to(_bernoulli(fn).logits, shape)
+        ku, kv = random.split(key)
+        tiny = jnp.finfo(jnp.result_type(float)).tiny
+        u = random.uniform(ku, shape, minval=tiny)
+        v = random.uniform(kv, shape, minval=tiny)
+        z = logits + jnp.log(u) - jnp.log1p(-u)  # logistic(α): b = H(z) ~ Bernoulli(σ(α))
+        b = (sg(z) > 0).astype(z.dtype)
+        # z̃ ~ p(z | b), reparameterized: u' uniform on b's side of σ(−α), written stably.
+        z_tilde = jnp.where(b == 1.0, jax.nn.softplus(logits + jnp.log(v)) - jnp.log1p(-v),
+                            -(jax.nn.softplus(-logits + jnp.log(v)) - jnp.log1p(-v)))
+        control = cv if cv is not None else (
+            lambda x, site: mlp(x, site, msg["infer"].get("hidden", 16)))
+        collect = _param_names()
+        try:
+            with collect:
+                c, c_tilde = control(z, msg), control(z_tilde, msg)
+        except KeyError as err:  # substitute_params: a param missing from the params dict
+            found = re.search(r"param site '([^']*)'", str(err))
+            missing = f" '{found.group(1)}'" if found else ""
+            raise ValueError(
+                f"relax: site '{msg['name']}': its control variate's parameter{missing} is not "
+                "in params; objective.init creates it when the guide claims the site with relax "
+                "(and fit trains it on the gradient's variance): relax cannot run, or be "
+                "measured, with params made without it."
+            ) from err
+        c, c_tilde = jnp.asarray(c), jnp.asarray(c_tilde)
+        batch = tuple(fn.batch_shape)
+        for out in (c, c_tilde):
+            if out.shape not in (shape, batch):
+                raise ValueError(
+                    f"relax: site '{msg['name']}': the control variate returned shape "
+                    f"{out.shape}; it must return the shape of z {shape} (per coordinate) or "
+                    f"the site's batch shape {batch} (per element)."
+                )
+        msg["infer"]["_stackvi_relax"] = (logits, b, c, c_tilde, frozenset(collect.names))
+
+    @classmethod
+    def transform(cls, msg):
+        if "_stackvi_relax" not in msg["infer"]:
+            raise ValueError(
+                f"site '{msg['name']}' is claimed by {cls.name} outside an objective: run it "
+                "through one (estimators.elbo) under a seed."
+            )
+        msg["value"] = sg(msg["infer"]["_stackvi_relax"][1])
+        msg["intermediates"] = []
+
+    @classmethod
+    def record(cls, msg):
+        logits, b, c, c_tilde, names = msg["infer"]["_stackvi_relax"]
+        fn = msg["fn"]
+        batch, event = tuple(fn.batch_shape), tuple(fn.event_shape)
+        shape = batch + event
+        size = 1
+        for d in event:
+            size *= d
+        mask = _coordinate_mask(msg, shape)
+        lq = b * logits - jax.nn.softplus(logits)  # log p(b) per coordinate (stable at α = 0)
+        if mask is not None:
+            lq = lq * mask
+        if c.shape != shape:  # one value per element: its event's coordinates together
+            m = None if mask is None else jnp.max(mask.reshape(batch + (size,)), -1)
+            c, c_tilde = (x if m is None else x * m for x in (c, c_tilde))
+            c, c_tilde = c[..., None], c_tilde[..., None]
+        else:
+            if mask is not None:
+                c, c_tilde = c * mask, c_tilde * mask
+            c, c_tilde = c.reshape(batch + (size,)), c_tilde.reshape(batch + (size,))
+        coord = Axis(f"relax:{msg['name']}:coord")
+        coord_c = coord if c.shape[-1] == size else Axis(f"relax:{msg['name']}:element")
+        extra = (_layout(msg, lq.reshape(batch + (size,)), coord, "log_prob"),
+                 _layout(msg, c, coord_c, "c(z)"), _layout(msg, c_tilde, coord_c, "c(z~)"))
+        return SiteRecord(msg["name"], site_log_prob({**msg, "scale": None}), cls.name,
+                          extra=extra, variance_params=names)
+
+    @classmethod
+    def gradient(cls, record, ctx):
+        """``Σ (lq − sg lq)·(f − c(z̃)) + (c(z) − sg) − (c(z̃) − sg)``: value 0, gradient ĝ."""
+        if ctx.exact:  # other sites enumerated or branched: branch 0, exact (stopped) weights
+            branches = ctx.branches
+            w = {a: Term(t.label, sg(t.array), t.names) for a, t in ctx.weights.items()}
+        else:
+            branches, w = set(), {}
+        lq, c, c_tilde = (select(t.array, t.names, branches) for t in record.extra)
+        f_names = select(record.log_prob.array, record.log_prob.names, branches)[1]
+        f = ctx.signal(record)
+        d = (lq[0] - sg(lq[0]), lq[1])
+        # f − c(z̃) is not stopped: its θ-gradient meets (lq − sg lq) = 0, and its
+        # φ-gradient is what trains φ on the variance (∂φ ĝ_θ must be exact).
+        acc = contract([d, (f, f_names)], w, record.name)
+        acc = acc - contract([d, c_tilde], w, record.name)
+        acc = acc + contract([(c[0] - sg(c[0]), c[1])], w, record.name)
+        acc = acc - contract([(c_tilde[0] - sg(c_tilde[0]), c_tilde[1])], w, record.name)
+        return acc
