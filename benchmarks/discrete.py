@@ -16,7 +16,9 @@ every stackvi strategy that applies to the site:
 * Categorical ``z``: ``reinforce``, ``mvd``, ``enumerate``, ``unordered_set``
   (k = 2 and 3) and model-side enumeration (guide without ``z``);
 * Bernoulli ``b``: ``reinforce``, ``mvd``, ``enumerate``, ``disarm``, ``arm``,
-  model-side enumeration, and the *biased* ``gumbel_softmax`` /
+  ``relax`` (its control variate first trained on the gradient's variance for
+  ``RELAX_WARMUP`` Adam steps at the fixed model and guide params, the
+  warm-up not timed), model-side enumeration, and the *biased* ``gumbel_softmax`` /
   ``straight_through`` (τ = 0.5), whose rows also give their bias: the
   distance of their mean gradient from enumerate's (an unbiased estimate of
   the exact gradient whose own noise comes only from the continuous
@@ -106,11 +108,34 @@ BERNOULLI = {
     "stackvi enumerate": lambda g: h.enumerate(g, sites=["z"]),
     "stackvi disarm": lambda g: h.disarm(g, sites=["z"]),
     "stackvi arm": lambda g: h.arm(g, sites=["z"]),
+    "stackvi relax": lambda g: h.relax(g, sites=["z"]),
     "stackvi gumbel_softmax τ=0.5 (biased)":
         lambda g: h.gumbel_softmax(g, sites=["z"], temperature=0.5, biased=True),
     "stackvi straight_through τ=0.5 (biased)":
         lambda g: h.straight_through(g, sites=["z"], temperature=0.5, biased=True),
 }
+
+
+RELAX_WARMUP = 300
+
+
+def _relax_params(obj, params, x, steps: int = RELAX_WARMUP, lr: float = 0.01) -> dict:
+    """``params`` plus relax's control-variate params, trained on the variance alone (Adam)."""
+    import optax
+
+    params = {**obj.init(jax.random.PRNGKey(0), x), **params}
+    phi = sorted(k for k in params if k.startswith("relax:"))
+    opt = optax.adam(lr)
+
+    def step(carry, key):
+        p, s = carry
+        g = obj.value_and_grad(p, key, x)[1]  # φ's entries: −∇‖ĝ‖²
+        upd, s = opt.update({k: -g[k] for k in phi}, s)
+        return ({**p, **optax.apply_updates({k: p[k] for k in phi}, upd)}, s), None
+
+    keys = jax.random.split(jax.random.PRNGKey(99), steps)
+    init = (params, opt.init({k: params[k] for k in phi}))
+    return jax.jit(lambda c: jax.lax.scan(step, c, keys)[0][0])(init)
 
 
 def _median_time(step, params, repeats: int, calls: int = 20) -> float:
@@ -161,6 +186,8 @@ def measure(spec, x, repeats: int, num_keys: int, strategies: dict) -> list[dict
     rows, enum_grads = [], None
     for label, obj in stackvi.items():
         p = params_no_z if "model-side" in label else params
+        if "relax" in label:
+            p = _relax_params(obj, p, x)
         names = list(spec.loc_params if "model-side" in label else spec.z_params)
         step = jax.jit(lambda p, k, obj=obj: obj.value_and_grad(p, k, x))
         grads = _grads(lambda k, obj=obj, p=p: obj.value_and_grad(p, k, x)[1], names, num_keys)

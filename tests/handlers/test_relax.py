@@ -178,6 +178,22 @@ def test_dependent_sites_unbiased(trained):
     check(obj, params, exact, ["ab", "ac"], f"dependent sites, trained={trained}")
 
 
+@pytest.mark.parametrize("config", [{"relax": ["b"], "enumerate": ["c"]},
+                                    {"enumerate": ["b"], "relax": ["c"]}],
+                         ids=["enumerated-downstream", "enumerated-upstream"])
+def test_next_to_an_enumerated_site_unbiased(config):
+    obj = estimators.elbo(model_dep, handlers.strategies(guide_dep, config))
+    params = {**obj.init(jax.random.PRNGKey(0)), **PD}
+    params = {k: (jnp.linspace(-0.5, 0.5, v.size).reshape(v.shape) if k.endswith("w2") else v)
+              for k, v in params.items()}  # a nonzero control variate
+
+    def exact():
+        gb, gc = jax.grad(exact_dep, argnums=(0, 1))(PD["ab"], PD["ac"])
+        return exact_dep(PD["ab"], PD["ac"]), {"ab": gb, "ac": gc}
+
+    check(obj, params, exact, ["ab", "ac"], f"with enumerate: {config}")
+
+
 # --------------------------------------------------------------------------- with a pathwise site
 
 def model_cont():
