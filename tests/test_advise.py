@@ -54,6 +54,7 @@ def test_advise_measures_applicable_strategies_and_recommends_the_best():
     assert np.isfinite(value) and all(np.isfinite(g) for g in grads.values())
 
 
+@pytest.mark.slow
 def test_sites_claimed_by_the_guide_are_reported_fixed():
     obj = estimators.elbo(model, handlers.reinforce(guide, sites=["b"]))
     params = {"l": jnp.array(0.3), "m": jnp.array(0.0)}
@@ -74,6 +75,7 @@ def guide():
 '''
 
 
+@pytest.mark.slow
 def test_cli_advise_prints_the_table_and_the_fit_options(tmp_path, capsys):
     from stackvi.cli import main
 

@@ -81,6 +81,7 @@ def test_fit_result_and_wrapped_guide():
     assert idata.posterior["z"].shape == (1, 50)
 
 
+@pytest.mark.slow
 def test_autoguide_reports_model_sites_not_auxiliary_ones():
     def regression(x=None):
         w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([2]).to_event(1))

@@ -130,6 +130,7 @@ OBJS = {
 
 @settings(max_examples=2, deadline=None, derandomize=True)
 @given(eta=st.floats(-1.5, 1.5))
+@pytest.mark.slow
 def test_each_baseline_keeps_the_mean_and_reduces_the_variance(eta):
     toy = TOY
     params = {"eta": jnp.float32(eta)}

@@ -105,6 +105,7 @@ def _same(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 def test_sigkill_at_several_moments_then_resume_is_bit_exact(tmp_path):
     """One run, its checkpoint copied at three moments (what a kill then would leave: the
     file is replaced atomically), then SIGKILLed; each resumes to the uninterrupted result."""

@@ -73,6 +73,7 @@ def test_fit_reaches_the_exact_posterior(user_file, tmp_path):
     assert abs(float(params["s"]) - 0.2 ** 0.5) < 0.1
 
 
+@pytest.mark.slow
 def test_autoguide_with_reinforce_and_baseline(user_file, tmp_path):
     out = tmp_path / "run"
     argv = ["fit", "--model", f"{user_file}:model", "--guide", "AutoNormal", "--data",
@@ -85,6 +86,7 @@ def test_autoguide_with_reinforce_and_baseline(user_file, tmp_path):
     assert np.isfinite(summary["final"])
 
 
+@pytest.mark.slow
 def test_default_job_with_fewer_steps(tmp_path):
     out = tmp_path / "run"
     assert main(["--steps", "300", "--out", str(out), "--no-progress"]) == 0
@@ -179,6 +181,7 @@ def test_a_failing_model_names_its_file_and_line_and_leaves_a_summary(broken_fil
         main([*argv[:-1], str(tmp_path / "run2"), "--traceback"])
 
 
+@pytest.mark.slow
 def test_non_finite_run_keeps_its_checkpoint_and_says_where(broken_file, tmp_path, capsys):
     out = tmp_path / "run"
     argv = user_args(broken_file, "--steps", "200", "--particles", "8", "--out", str(out))
@@ -226,6 +229,7 @@ class _CtrlC:
         pass
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_resume_equals_an_uninterrupted_run(user_file, tmp_path, capsys,
                                                         monkeypatch):
     out, straight = tmp_path / "run", tmp_path / "straight"

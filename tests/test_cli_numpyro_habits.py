@@ -43,6 +43,7 @@ def mixture_file(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_autoguide_leaves_out_enumerated_sites_and_prints_params(mixture_file, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["fit", "--model", f"{mixture_file}:model", "--guide", "AutoNormal",

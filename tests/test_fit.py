@@ -263,6 +263,7 @@ def normal_guide():
     numpyro.sample("z", dist.Normal(numpyro.param("m", 0.0), 1.0))
 
 
+@pytest.mark.slow
 def test_fit_raises_non_finite_error_naming_the_site():
     obj = estimators.elbo(lognormal_model, normal_guide, num_particles=8)
     with pytest.raises(NonFiniteError, match=r"step \d+: .*p:z"):

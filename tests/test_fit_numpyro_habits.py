@@ -45,6 +45,7 @@ def dawid_skene_like(positions, annotations):
         numpyro.sample("y", dist.Normal(w[positions], 1.0), obs=annotations)
 
 
+@pytest.mark.slow
 def test_python_computation_on_the_data_works_as_in_svi_run():
     obj = estimators.elbo(ucbadmit, AutoNormal(ucbadmit))
     r = sv.fit(obj, jax.random.PRNGKey(0), DEPT, MALE, APPS, ADMIT,
@@ -112,6 +113,7 @@ def _data():
 @pytest.mark.parametrize("make", [lambda: numpyro.optim.Adam(0.05),
                                   lambda: numpyro.optim.optax_to_numpyro(optax.sgd(1e-3)),
                                   lambda: numpyro.optim.ClippedAdam(0.05, clip_norm=1.0)])
+@pytest.mark.slow
 def test_numpyro_optim_steps_as_in_svi(make):
     x, y = _data()
     svi = SVI(regression, lambda x, y: None, make(), Trace_ELBO())
@@ -164,6 +166,7 @@ def _bn_model():
     return model
 
 
+@pytest.mark.slow
 def test_mutable_state_is_threaded_as_in_svi():
     pytest.importorskip("flax")
     model, guide = _bn_model(), (lambda x, y: None)
@@ -193,6 +196,7 @@ def test_mutable_state_is_threaded_as_in_svi():
     assert max(moved) > 1e-3
 
 
+@pytest.mark.slow
 def test_mutable_state_needs_state_and_is_not_updated_with_particles():
     pytest.importorskip("flax")
     model, guide = _bn_model(), (lambda x, y: None)

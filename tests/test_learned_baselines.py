@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 import optax
+import pytest
 
 import stackvi as sv
 from stackvi.baselines import FromFunction, Learned
@@ -76,6 +77,7 @@ def test_fit_trains_baseline_jointly():
     assert abs(float(result.params["baseline:b"]) - expected) < 0.02
 
 
+@pytest.mark.slow
 def test_network_baseline_per_plate_element_and_from_function():
     x = jnp.array([0.2, 1.5, -1.0, 0.7])
 

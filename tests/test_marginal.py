@@ -79,6 +79,7 @@ def test_sampling_reports_an_unbiased_reciprocal_density():
     assert_unbiased(jax.jit(jax.vmap(one))(keys(4000)), 1.0, "q(z)/q̂(z) at q's samples")
 
 
+@pytest.mark.slow
 def test_exact_reverse_gives_the_exact_density_with_zero_variance():
     q = marginal(guide, exact_reverse, aux=["u"], num_particles=3)
     dens = jax.jit(jax.vmap(lambda key: seed(q.log_density, key)({"z": Z0})))(keys(20))
@@ -163,6 +164,7 @@ def test_num_particles_below_one_is_an_error():
         normalize(guide, guide, 0)
 
 
+@pytest.mark.slow
 def test_normalize_evidence_is_unbiased_and_weights_sum_to_one():
     def model():
         z = numpyro.sample("z", dist.Normal(0.0, 1.0))
@@ -180,6 +182,7 @@ def test_normalize_evidence_is_unbiased_and_weights_sum_to_one():
     assert_unbiased(z_hat, evidence, "normalize: Ẑ")
 
 
+@pytest.mark.slow
 def test_hvi_value_and_gradient_match_their_closed_form():
     """HVI with Gaussian guide, reverse and model: the bound is a Gaussian expectation of
     a quadratic, E f(v) = f(μ) + ½ tr(∇²f Σ), so its exact gradient is jax.grad of that."""

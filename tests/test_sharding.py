@@ -35,6 +35,7 @@ def report():
     return last_json(run("sharded_checks.py"))
 
 
+@pytest.mark.slow
 def test_four_devices_visible(report):
     assert report["devices"] == 4
 
@@ -71,6 +72,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_fit_like_one():
     """jax.distributed on localhost with CPU (gloo) collectives."""
     port = _free_port()

@@ -12,13 +12,10 @@ import pytest
 TUTORIALS = sorted((Path(__file__).resolve().parents[1] / "tutorials").glob("*.py"))
 
 
-# Minutes each on two cores even shortened (AIR compiles a large step; 07 trains four
-# objectives): in the slow stage (and executed again by the docs build), not the README's run.
-LONG = {"06_air", "07_kl_regularized_finetuning"}
-
-
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.stem in LONG
-                                  else p for p in TUTORIALS], ids=[p.stem for p in TUTORIALS])
+# Half a minute to minutes each on two cores even shortened: in the slow stage, not the
+# README's run. CI's docs stage executes every tutorial too (a failing cell fails the build).
+@pytest.mark.slow
+@pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
 def test_tutorial_runs(path: Path, tmp_path: Path):
     # STACKVI_SMOKE: tutorials that train long shorten their runs (same checks); others ignore it
     env = {**os.environ, "MPLBACKEND": "Agg", "STACKVI_FIGDIR": str(tmp_path), "STACKVI_SMOKE": "1"}

@@ -59,6 +59,7 @@ def test_cubo_is_exact_at_the_posterior(page, normal_normal):
     np.testing.assert_allclose(-est, nn.log_evidence, atol=2e-4)
 
 
+@pytest.mark.slow
 def test_cubo_gradient_is_unbiased_against_enumeration(page):
     n, k = 2.0, 3
     obj = page["neg_cubo"](dmodel, dguide, n, k)  # discrete site: score-function gradients

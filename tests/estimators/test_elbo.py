@@ -219,6 +219,7 @@ def test_subsampled_local_discrete_latents_unbiased():
 # --------------------------------------------------------------------------- jit, leaks
 
 
+@pytest.mark.slow
 def test_jit_and_eager_agree_and_do_not_leak(normal_normal):
     nn = normal_normal
     models = {

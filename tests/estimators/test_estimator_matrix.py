@@ -167,6 +167,7 @@ def test_reinforce_unbiased(name):
 
 
 @pytest.mark.parametrize("name", FINITE)
+@pytest.mark.slow
 def test_enumerate_exact(name):
     _check(name, lambda g: enum(g, sites=["x"]), 4, exact_only=True)
 

@@ -77,6 +77,7 @@ def expected_log_z(mu, logits, scheme):
 
 @pytest.mark.parametrize("scheme", [
     "multinomial", pytest.param("systematic", marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_score_resampling_gradient_is_unbiased(scheme):
     (value, total), grads = jax.value_and_grad(expected_log_z, argnums=(0, 1), has_aux=True)(
         MU0, LOGITS0, scheme)
@@ -121,6 +122,7 @@ def alpha_proposal(x_prev, y_t):
     optimal_proposal(A, C)(x_prev, y_t)
 
 
+@pytest.mark.slow
 def test_gradient_approaches_the_kalman_gradient_for_large_k():
     log_z, exact = jax.value_and_grad(lambda a: kalman(Y, *lgssm_matrices(alpha=a))[0])(ALPHA)
     # Adaptive resampling (ESS ≤ K/2) with a good proposal: the dropped resampling
@@ -164,6 +166,7 @@ def offset_proposal(x_prev, y_t):
 
 
 @pytest.mark.parametrize("bound", ["elbo", pytest.param("iwae", marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_static_latents_give_a_bound_below_the_exact_one(bound):
     obj = estimators.fivo(offset_model, offset_guide, num_particles=16,
                           proposal=offset_proposal, num_samples=4, bound=bound)

@@ -87,6 +87,7 @@ def guide(x):
         numpyro.sample("g", dist.Normal(gl, 0.5))
 
 
+@pytest.mark.slow
 def test_plates_observed_and_params_match_numpyro():
     params, constrained = compare(model, guide, (X,))
     assert sorted(params) == ["gl", "ls", "m", "prior_scale", "s"]
@@ -94,6 +95,7 @@ def test_plates_observed_and_params_match_numpyro():
     assert float(params["s"]) == pytest.approx(math.log(0.7), rel=1e-5)  # unconstrained
 
 
+@pytest.mark.slow
 def test_autonormal_guide_matches_numpyro():
     auto = AutoNormal(model, init_scale=0.3)
     params, constrained = compare(model, auto, (X,), grads=False)
@@ -148,6 +150,7 @@ def vae_guide(batch, hidden_dim=32, z_dim=4):
         return numpyro.sample("z", dist.Normal(z_loc, z_std).to_event(1))
 
 
+@pytest.mark.slow
 def test_vae_with_stax_modules_matches_numpyro():
     params, _ = compare(vae_model, vae_guide, (_digits(),), grads=False, n=300)
     assert sorted(params) == ["decoder$params", "encoder$params"]

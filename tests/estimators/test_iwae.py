@@ -26,6 +26,7 @@ def test_exact_posterior_guide_gives_log_evidence_with_zero_variance(normal_norm
     assert est.std() < 1e-4
 
 
+@pytest.mark.slow
 def test_iwae_is_nondecreasing_in_k_and_converges_to_log_evidence(normal_normal):
     nn = normal_normal
     mp, sp = nn.posterior

@@ -55,6 +55,7 @@ def _mean_se(v):
 
 
 @pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.slow
 def test_exact_posterior_gives_log_evidence_both_ways(k):
     for per in (True, False):
         for make in (estimators.iwae, estimators.vimco, estimators.dreg):
@@ -72,6 +73,7 @@ def _paired_gt(a, b, what):
     assert mean > 4 * se, (what, mean, se)
 
 
+@pytest.mark.slow
 def test_per_point_bound_is_tighter_and_both_tend_to_log_evidence():
     obj = estimators.iwae(model, guide)
     params = obj.init(jax.random.PRNGKey(0), X)
@@ -91,6 +93,7 @@ def test_per_point_bound_is_tighter_and_both_tend_to_log_evidence():
 
 
 @pytest.mark.parametrize("alpha, subsample", [(0.0, None), (0.0, 3), (0.5, None)])
+@pytest.mark.slow
 def test_equals_numpyro_renyi_elbo(alpha, subsample):
     k, n = 8, 1500
     obj = (estimators.iwae(model, guide, k) if alpha == 0.0
@@ -109,6 +112,7 @@ def test_equals_numpyro_renyi_elbo(alpha, subsample):
         assert m1 - m3 > 4 * math.hypot(s1, s3)
 
 
+@pytest.mark.slow
 def test_vimco_and_dreg_values_are_the_per_point_iwae():
     params = estimators.iwae(model, guide).init(jax.random.PRNGKey(0), X)
     key = jax.random.PRNGKey(7)
@@ -170,6 +174,7 @@ def _renyi(alpha):
     ("vimco", lambda: estimators.vimco(dmodel, dguide, KD), 0.0),
     ("renyi(0.5)", lambda: estimators.renyi(dmodel, dguide, 0.5, KD), 0.5),
 ])
+@pytest.mark.slow
 def test_per_point_score_function_gradients_are_unbiased(name, make, alpha):
     obj = make()
     vals, g = jax.jit(jax.vmap(lambda k: obj.value_and_grad(PARAMS, k)))(keys(4000, 0))

@@ -99,6 +99,7 @@ def test_gmm_gradient_mean_matches_numpyro_trace_enum_elbo():
     assert np.all(np.abs(g.mean(0) - g_np.mean(0)) <= 4 * se), (g.mean(0), g_np.mean(0), se)
 
 
+@pytest.mark.slow
 def test_model_enumeration_composes_with_reinforce_guide_site():
     """A discrete guide site under REINFORCE, the mixture assignment summed out in the model."""
 
@@ -195,6 +196,7 @@ def test_forward_algorithm_is_brute_force():
 
 
 @pytest.mark.parametrize("T", [pytest.param(5, marks=pytest.mark.slow), 300])
+@pytest.mark.slow
 def test_hmm_vs_forward_algorithm(T):
     """Exact, and a scan of T = 300 steps compiles and runs: linear in T, not 2^T."""
     y = jnp.asarray(np.random.RandomState(T).randn(T), jnp.float32)

@@ -77,6 +77,7 @@ def _exact_grad(f):
     pytest.param("renyi(-1)", lambda: estimators.renyi(dmodel, dguide, -1.0, K),
                  _renyi_value(-1.0), marks=pytest.mark.slow),
 ])
+@pytest.mark.slow
 def test_score_function_gradients_are_unbiased_against_enumeration(name, make, value):
     vals, grads = _sample_grads(make(), 4000)
     exact = exact_expectation(value)(PARAMS["theta"], PARAMS["eta"])

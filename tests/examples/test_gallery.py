@@ -107,6 +107,7 @@ def test_same_elbo_at_numpyro_init(name):
     assert abs(ma - mb) <= Z * math.hypot(sa, sb) + 1e-5 * abs(mb), (ma, sa, mb, sb)
 
 
+@pytest.mark.slow
 def test_gmm_exact():
     """AutoDelta + assignments summed out: the ELBO is log p(x, θ), computed by logsumexp."""
     ex = _gallery.load("gmm")
@@ -119,6 +120,7 @@ def test_gmm_exact():
     np.testing.assert_allclose(value, exact, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_hmm_exact():
     """Hidden states summed out inside scan = forward algorithm = NumPyro's enumerated density."""
     from numpyro.contrib.funsor import enum

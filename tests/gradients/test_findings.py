@@ -199,6 +199,7 @@ def test_custom_objective_as_documented_is_unbiased():
     assert_unbiased(grads["p"], jax.grad(exact)(p), "custom-program gradient")
 
 
+@pytest.mark.slow
 def test_dreg_and_rws_score_summed_out_latents_like_iwae():
     def model():
         c = numpyro.sample("c", dist.Bernoulli(0.3))
@@ -414,6 +415,7 @@ def _hlo_instructions(text):
     return len(re.findall(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=", text, re.MULTILINE))
 
 
+@pytest.mark.slow
 def test_compiled_module_linear_in_sites():
     # A linear jaxpr is not enough: XLA may recompute a shared elementwise producer in
     # every consumer (it did, for the learning signals' 0/1 product), so count the
@@ -456,6 +458,7 @@ def test_model_and_guide_enumeration_together():
         assert_unbiased(grads["q"], jax.grad(exact)(0.5), f"{wrap.__name__} gradient")
 
 
+@pytest.mark.slow
 def test_guide_site_whose_model_density_depends_on_summed_out_site():
     mu = jnp.array([-1.0, 2.0])
 
@@ -559,6 +562,7 @@ def test_enumerated_site_downstream_of_mvd_site():
 
 # -- peer re-run (Pyro test_valid_models): summed-out sites sharing one ``infer`` dict ---------
 
+@pytest.mark.slow
 def test_summed_out_sites_sharing_one_infer_dict():
     """NumPyro passes the user's ``infer`` dict through and funsor writes each site's dims
     into it; the sum over ``a`` once read ``c``'s dims and silently dropped ``log p(a)``."""
@@ -634,6 +638,7 @@ def test_laid_out_dim_summed_in_guide_only_program_is_an_error(wrap):
 
 # -- a model that indexes a branched site without Vindex gets a clear error ---------------------
 
+@pytest.mark.slow
 def test_branched_vector_site_indexed_without_vindex_is_a_clear_error():
     x = jnp.array([-2.0, 0.1, 2.5, 1.0])
 

@@ -64,6 +64,7 @@ def _one_site():
 
 
 @pytest.mark.parametrize("baseline", [None, pytest.param("loo", marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_hessian_one_reinforce_site(baseline):
     model, guide, exact, params = _one_site()
     obj = estimators.elbo(model, handlers.reinforce(guide, baseline=baseline), num_particles=4)
@@ -71,6 +72,7 @@ def test_hessian_one_reinforce_site(baseline):
     _check_tree(_grads(obj, params), jax.grad(exact)(params), f"gradient ({baseline})")
 
 
+@pytest.mark.slow
 def test_hessian_exact_under_enumerate():
     model, guide, exact, params = _one_site()
     obj = estimators.elbo(model, handlers.enumerate(guide))
@@ -156,6 +158,7 @@ def test_hessian_of_a_nonlinear_objective():
 
 # -- first-order-only strategies are refused ----------------------------------------------------
 
+@pytest.mark.slow
 def test_first_order_strategies_are_refused_with_the_site_named():
     model, guide, _, params = _one_site()
     for wrap in (handlers.mvd, handlers.disarm):

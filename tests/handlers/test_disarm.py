@@ -54,6 +54,7 @@ PARAMS = {"ab": jnp.array(0.0), "ac": jnp.array(-0.3), "a": jnp.array([0.4, -0.7
 
 
 @pytest.mark.parametrize("strategy", ["disarm", "arm"])
+@pytest.mark.slow
 def test_disarm_unbiased_against_enumeration(strategy):
     obj = estimators.elbo(model, getattr(handlers, strategy)(guide))
     values, grads = per_key(obj, PARAMS, 20000)

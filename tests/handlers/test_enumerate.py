@@ -70,6 +70,7 @@ CLAIMS = {
 
 
 @pytest.mark.parametrize("how", list(CLAIMS))
+@pytest.mark.slow
 def test_every_claim_gives_the_exact_elbo_and_gradient(how):
     obj = estimators.elbo(model, CLAIMS[how]())
     value, grads = obj.value_and_grad(params(), jax.random.PRNGKey(0), X)  # eager
@@ -125,6 +126,7 @@ def test_cost_is_linear_in_the_plate_size():
     assert float(value) < float(jnp.sum(lp))  # and below log p(x)
 
 
+@pytest.mark.slow
 def test_errors_name_the_site():
     def g_normal(x):
         numpyro.sample("loc", dist.Normal(0.0, 1.0))

@@ -52,6 +52,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.slow
 def test_reparam_exact(case):
     make, cost, closed, init = CASES[case]
     params = {k: jnp.asarray(v, jnp.float32) for k, v in init.items()}

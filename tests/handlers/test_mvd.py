@@ -70,6 +70,7 @@ def test_mvd_variance_below_reinforce_on_normal_normal_loc():
     assert_lower_variance(np.asarray(g_mvd["m"]), np.asarray(g_rf["m"]), "mvd vs reinforce")
 
 
+@pytest.mark.slow
 def test_errors_name_site_and_distribution():
     def beta_guide():
         numpyro.sample("p", dist.Beta(2.0, 2.0))

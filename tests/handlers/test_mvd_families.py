@@ -45,6 +45,7 @@ A0 = jnp.array([0.6, -0.4])  # success probabilities 0.65 and 0.40 (logits)
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.endswith("_probs")
                                   else c for c in CASES])
+@pytest.mark.slow
 def test_mvd_unbiased(case):
     make, prior, support, g = CASES[case]
 

@@ -226,6 +226,7 @@ def exact_cont(m, log_s, a):
 OBJC = estimators.elbo(model_cont, handlers.relax(guide_cont, sites=["b"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trained", [False, True])
 def test_with_pathwise_site_unbiased(trained):
     obj = OBJC

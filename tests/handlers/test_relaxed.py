@@ -89,6 +89,7 @@ def test_refuses_categorical():
         obj.estimate({}, jax.random.PRNGKey(0))
 
 
+@pytest.mark.slow
 def test_straight_through_value_unbiased_gradient_biased():
     """The value is the hard sample's (unbiased); the gradient's bias is real, and measured."""
     wrap = handlers.straight_through(guide, temperature=0.5, biased=True)

@@ -56,6 +56,7 @@ def test_log_prob_matches_frequencies(scheme):
     assert np.all(p_by_code[np.unique(codes)] > 0)
 
 
+@pytest.mark.slow
 def test_log_prob_is_differentiable_in_the_weights():
     lw = jnp.log(W)
     a = jnp.array([1, 1, 2, 3])

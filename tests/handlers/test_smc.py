@@ -75,12 +75,14 @@ def log_evidence(model, args, num_particles, n, seed=0, **opts) -> np.ndarray:
 
 @pytest.mark.parametrize("scheme,ess_threshold", [("multinomial", 1.0), ("stratified", 0.5),
                                                   ("systematic", 1.0)])
+@pytest.mark.slow
 def test_lgssm_evidence_is_unbiased(scheme, ess_threshold):
     lz = log_evidence(lgssm_model, (Y, A, C), 8, 1000, seed=1, resampling=scheme,
                       ess_threshold=ess_threshold, proposal=optimal_proposal(A, C))
     assert_unbiased(np.exp(lz - float(LOG_Z)), 1.0, f"{scheme} (ESS ≤ {ess_threshold}·K): Ẑ/Z")
 
 
+@pytest.mark.slow
 def test_lgssm_log_evidence_is_a_bound_nondecreasing_in_k():
     n = 100
     stats = []
@@ -104,6 +106,7 @@ def uniform_proposal(z_prev, y_t):
     ("systematic", 1.0, None),
     ("multinomial", 1.0, uniform_proposal),
     pytest.param("multinomial", 0.5, None, marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_hmm_evidence_against_forward_algorithm(scheme, ess_threshold, proposal):
     lz = log_evidence(hmm_model, (YH, *HMM.values()), 32, 500, seed=3, resampling=scheme,
                       ess_threshold=ess_threshold, proposal=proposal)
@@ -131,6 +134,7 @@ def _traced(fn):
     return out[0]
 
 
+@pytest.mark.slow
 def test_scan_sites_are_replaced_by_one_factor():
     @jax.jit
     def run(key):
@@ -151,6 +155,7 @@ def test_scan_sites_are_replaced_by_one_factor():
     assert path.shape == (10, 5)
 
 
+@pytest.mark.slow
 def test_jit_equals_eager():
     def run(key):
         return smc_filter(hmm_model, key, YH[:5], *HMM.values(), num_particles=8,
@@ -160,6 +165,7 @@ def test_jit_equals_eager():
     np.testing.assert_allclose(run(key), jax.jit(run)(key), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_vmap_over_independent_sequences():
     ys = jnp.stack([Y, Y + 0.5, -Y])
 

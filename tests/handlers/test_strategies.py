@@ -57,6 +57,7 @@ def test_context_manager_around_simulate_claims():
         assert strategy_of(reparam(guide, sites=["w"]))["w"] == "reparam"
 
 
+@pytest.mark.slow
 def test_context_manager_around_an_objective_equals_the_wrapper():
     from stackvi import estimators
 
@@ -172,6 +173,7 @@ RSAMPLE = {"Normal", "Gamma", "Beta", "Dirichlet", "LogNormal"}
 
 
 @pytest.mark.parametrize("name", sorted(DISTS))
+@pytest.mark.slow
 def test_default_is_reparam_iff_has_rsample(name):
     d = DISTS[name]
     assert d.has_rsample == (name in RSAMPLE)  # the premise of this test

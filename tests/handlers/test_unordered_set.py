@@ -77,6 +77,7 @@ def exact(params):
 
 
 @pytest.mark.parametrize("k", [2, pytest.param(4, marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_unordered_set_unbiased_against_enumeration(k):
     obj = estimators.elbo(model, handlers.unordered_set(guide, k=k))
     values, grads = per_key(obj, PARAMS, 4000)

@@ -82,6 +82,7 @@ def test_transformer_is_bilinear_sampling(z_where):
     np.testing.assert_allclose(window.reshape(5, 5), _naive_window(z_where, img, 5), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_transformer_matches_torch_grid_sample():
     torch = pytest.importorskip("torch")
     f = torch.nn.functional
@@ -263,6 +264,7 @@ def _case(name):
 
 
 @pytest.mark.parametrize("name,kind", [_case(n) for n in GRADIENT_CASES])
+@pytest.mark.slow
 def test_estimator_gradient_matches_exact_enumeration(name, kind):
     obj, x, params = _objective(name)
     exact_value, exact_proj, dirs = _exact(kind)
@@ -301,6 +303,7 @@ class _Bound:
 
 # --------------------------------------------------------------------------- model structure
 
+@pytest.mark.slow
 def test_absent_stays_absent():
     """After z_pres_0 = 0 the later sites are dummies: they add nothing to log p − log q."""
     x, params, fixed = _setup()

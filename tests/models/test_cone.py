@@ -58,6 +58,7 @@ def _check_trained_bounds(steps: int, num_samples: int, skip: tuple = ()) -> dic
     return results
 
 
+@pytest.mark.slow
 def test_trained_cone_bounds_brief():
     _check_trained_bounds(steps=200, num_samples=1000, skip=(1,))  # IWELBO only in the long one
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
+import pytest
 from numpyro.handlers import seed, substitute, trace
 
 from stackvi.models.state_space import (
@@ -28,6 +29,7 @@ from stackvi.models.state_space import (
 )
 
 
+@pytest.mark.slow
 def test_kalman_equals_the_joint_gaussian_density():
     A, C = lgssm_matrices()
     _, y = lgssm_simulate(jax.random.PRNGKey(0), A, C, T=6)
@@ -48,6 +50,7 @@ def test_kalman_equals_the_joint_gaussian_density():
     np.testing.assert_allclose(log_z, exact, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_forward_equals_the_sum_over_paths():
     init = jnp.array([0.5, 0.3, 0.2])
     trans = jnp.array([[0.7, 0.2, 0.1], [0.3, 0.4, 0.3], [0.2, 0.2, 0.6]])
@@ -61,6 +64,7 @@ def test_forward_equals_the_sum_over_paths():
                                jax.nn.logsumexp(log_p), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_models_score_paths_like_their_simulators():
     A, C = lgssm_matrices()
     x, y = lgssm_simulate(jax.random.PRNGKey(1), A, C, T=4)

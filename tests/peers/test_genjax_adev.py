@@ -387,6 +387,7 @@ def test_iid_normals_axis_size():
 
 
 @pytest.mark.parametrize("strategy", strategy_params(fast=("mvd",)))
+@pytest.mark.slow
 def test_flip_mvd_with_mv_normal(strategy):
     """b ~ flip(p), y ~ MVN([b, 0], 0.1 I) (reparam); cost = the trace's score
     log q(b) + log q(y | b). E[cost] = Σ_b q(b) log q(b) − H[MVN]; d/dp = logit(p)."""

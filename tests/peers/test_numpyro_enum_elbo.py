@@ -2167,6 +2167,7 @@ def _guide_sites(guide, args):
 
 
 @pytest.mark.parametrize("cid,strategy", _cases())
+@pytest.mark.slow
 def test_enum_elbo(cid, strategy):
     model, guide, args, init, exact = _build(cid)
     sites, enumerated = _guide_sites(guide, args)

@@ -170,6 +170,7 @@ def _exact(key, model, guide, args, init):
 
 
 @pytest.mark.parametrize("case,strategy", _params(GRADIENT_CASES))
+@pytest.mark.slow
 def test_gradient(case, strategy):
     model, guide, params, data, sites = GRADIENT_CASES[case]
     args = (data, params)
@@ -302,6 +303,7 @@ def _kl1_params():
 
 
 @pytest.mark.parametrize("case,strategy", _kl1_params())
+@pytest.mark.slow
 def test_analytic_kl_1(case, strategy):
     model = KL_MODELS[case]
     args = (KL_PARAMS,)
@@ -381,6 +383,7 @@ def kl23_exact_elbo(variant):
 
 @pytest.mark.parametrize("case,strategy", _params(KL23_MODELS,
                                      ("default", "reinforce", "enumerate", "mvd")))
+@pytest.mark.slow
 def test_analytic_kl_2_3(case, strategy):
     model = KL23_MODELS[case]
     args = (KL23_PARAMS,)

@@ -1057,6 +1057,7 @@ def model_side_case(auto_model, init, scale, *args):
 
 
 @plates_scale_param(slow=False)
+@pytest.mark.slow
 def test_elbo_enumerate_plates_1(scale):
     init = {"probs_a": jnp.array([0.45, 0.55]), "probs_b": jnp.array([[0.6, 0.4], [0.4, 0.6]]),
             "probs_c": jnp.array([0.75, 0.25]), "probs_d": jnp.array([[0.4, 0.6], [0.3, 0.7]])}

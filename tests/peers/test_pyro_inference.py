@@ -248,6 +248,7 @@ def model_params(fast_reinforce=("normal_normal",)):
 
 
 @pytest.mark.parametrize("name,strategy", model_params())
+@pytest.mark.slow
 def test_elbo_gradient(name, strategy):
     """Trace_ELBO at Pyro's initial params: value and gradient vs the closed form."""
     case = MODELS[name]()
@@ -356,6 +357,7 @@ def test_duplicate_obs_name():
 PLATING_DATA = np.array([-0.3, 0.8, 0.1, -1.2, 0.4, 1.9, 0.7, 1.3, 0.2, 1.1], np.float32)
 
 
+@pytest.mark.slow
 def test_sequential_plating_sum():
     """RenyiELBO(α = 0, 30 particles) with a Bernoulli guide: exact via the Binomial count."""
     k = 30
@@ -390,6 +392,7 @@ def test_sequential_plating_sum():
     assert_unbiased(grads["p"], exact_grads["p"], "grad p")
 
 
+@pytest.mark.slow
 def test_non_nested_plating_sum():
     def model(data, weights):
         loc, scale = 1.0, 0.1

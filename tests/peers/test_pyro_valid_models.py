@@ -460,6 +460,7 @@ def test_nested_plate_plate_ok(strategy):
 
 
 @pytest.mark.parametrize("strategy", [pytest.param("default", marks=SLOW), "enumerate"])
+@pytest.mark.slow
 def test_plate_reuse_ok(strategy):
     def model():
         p = 0.5
@@ -530,6 +531,7 @@ def test_nested_plate_plate_subsample_param_ok(strategy):
 
 
 @pytest.mark.parametrize("strategy", [pytest.param("default", marks=SLOW), "enumerate"])
+@pytest.mark.slow
 def test_nonnested_plate_plate_ok(strategy):
     def model():
         p = 0.5
@@ -907,6 +909,7 @@ def enum_in_model_pair(plate):
     pytest.param("enumerate", True, id="enumerate-enum_in_model_plate"),
     pytest.param("default", False, id="default-enum_in_model"),
     pytest.param("default", True, id="default-enum_in_model_plate")])
+@pytest.mark.slow
 def test_enum_in_model_ok(strategy, plate):
     """Guide sites a, d by default; b, e (Pyro: enumerated) by ``strategy``.
 
@@ -942,6 +945,7 @@ def test_enum_sequential_in_model_error():
     np.testing.assert_allclose(float(grads["p"]), 0.0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_enum_in_model_plate_reuse_ok():
     def model():
         p = numpyro.param("p", jnp.array([0.2, 0.8]))
