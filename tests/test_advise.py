@@ -42,7 +42,13 @@ def test_advise_measures_applicable_strategies_and_recommends_the_best():
     assert chosen.variance <= lowest + 1e-6 * rows[("b", "reinforce")].variance
     assert rows[("z", "enumerate")].error is not None  # continuous: refused, with the reason
     assert "no finite support" in rows[("z", "enumerate")].error
-    assert advice.recommended["z"][0] == "reparam"
+    # z: pathwise and MVD both beat the score function; which of the two wins variance x
+    # time depends on the machine's timing (flipped under load), so the rule is checked
+    ok_z = [r for r in advice.rows if r.site == "z" and r.error is None]
+    assert rows[("z", "reparam")].variance < rows[("z", "reinforce")].variance
+    assert advice.recommended["z"][0] in ("reparam", "mvd")
+    chosen_z = next(r for r in ok_z if (r.strategy, r.options) == advice.recommended["z"])
+    assert chosen_z.score == min(r.score for r in ok_z)
     assert advice.combined.score <= advice.default.score
     assert "**(best)**" in advice.table()
 
