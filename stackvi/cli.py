@@ -28,8 +28,10 @@ Conventions:
   :mod:`stackvi.estimators` (``elbo``, ...), called as
   ``ctor(model, guide, num_particles=K)``.
 * ``--strategy SITE=NAME`` chooses a gradient strategy for a latent site of the
-  guide (``reinforce``, ``reparam``, ...); ``--baseline SITE=ema`` gives that
-  site a baseline (:mod:`stackvi.baselines`). Unnamed sites get the default.
+  guide (``reinforce``, ``reparam``, ...), with the strategy's options after a
+  colon (``c=unordered_set:k=4``, ``b=gumbel_softmax:temperature=0.3,biased=true``);
+  ``--baseline SITE=ema`` gives that site a baseline (:mod:`stackvi.baselines`).
+  Unnamed sites get the default.
 
 Outputs in ``--out`` (default: a fresh ``runs/<timestamp>``; a folder holding an
 earlier run's results is refused unless ``--overwrite``): ``config.json`` (the
@@ -144,8 +146,10 @@ def _problem_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objective", default="elbo",
                    help="objective constructor in stackvi.estimators (default: elbo)")
     p.add_argument("--particles", type=int, default=1, help="num_particles (default: 1)")
-    p.add_argument("--strategy", action="append", default=[], metavar="SITE=NAME",
-                   help="gradient strategy for a guide site, e.g. z=reinforce (repeatable)")
+    p.add_argument("--strategy", action="append", default=[], metavar="SITE=NAME[:OPT=VAL,...]",
+                   help="gradient strategy for a guide site, e.g. z=reinforce, "
+                        "c=unordered_set:k=4, b=gumbel_softmax:temperature=0.3,biased=true "
+                        "(repeatable)")
     p.add_argument("--baseline", action="append", default=[], metavar="SITE=NAME",
                    help="baseline for a score-function site, e.g. z=ema (repeatable)")
     p.add_argument("--hide", action="append", default=[], metavar="SITE",
@@ -261,7 +265,8 @@ def advise_job(a: argparse.Namespace) -> int:
     print(advice.table())
     flags = []
     for site, (name, options) in advice.recommended.items():
-        flags.append(f"--strategy {site}={name}")
+        rest = ",".join(f"{k}={v}" for k, v in options.items() if k != "baseline")
+        flags.append(f"--strategy {site}={name}" + (f":{rest}" if rest else ""))
         if options.get("baseline") is not None:
             flags.append(f"--baseline {site}={options['baseline']}")
     print(f"\nrecommended: stackvi fit {' '.join(flags)}")

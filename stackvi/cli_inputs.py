@@ -185,31 +185,75 @@ def make_optimizer(name: str, lr: float):
     return getattr(optax, name)(lr)
 
 
+# Strategy options the command line cannot give (a handler's own arguments, a callable, and
+# the baseline, which has its own flag).
+_NOT_OPTIONS = ("self", "fn", "sites", "baseline", "control_variate")
+
+
+def _option_value(text: str):
+    """``true``/``false``, an int, a float, else the string."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def strategy_options(site: str, spec: str) -> tuple[str, dict]:
+    """``NAME[:OPTION=VALUE,...]`` (``--strategy SITE=SPEC``) as ``(name, options)``.
+
+    >>> strategy_options("c", "unordered_set:k=4")
+    ('unordered_set', {'k': 4})
+    >>> strategy_options("b", "gumbel_softmax:temperature=0.3,biased=true")
+    ('gumbel_softmax', {'temperature': 0.3, 'biased': True})
+    """
+    from stackvi.handlers.strategies import STRATEGIES
+
+    name, _, text = spec.partition(":")
+    if name not in STRATEGIES:
+        raise CLIError(f"--strategy {site}={spec}: unknown strategy '{name}'; known: "
+                       f"{sorted(STRATEGIES)}")
+    accepted = [n for n, p in inspect.signature(STRATEGIES[name].__init__).parameters.items()
+                if n not in _NOT_OPTIONS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    options = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in accepted:
+            hint = (f"its options: {', '.join(accepted)} (e.g. {site}={name}:{accepted[0]}=...)"
+                    if accepted else "it takes no options")
+            raise CLIError(f"--strategy {site}={spec}: '{item}' is not an option of {name}; "
+                           f"{hint}")
+        options[key] = _option_value(value)
+    return name, options
+
+
 def apply_strategies(guide: Callable, strategy: dict[str, str], baseline: dict[str, str]):
-    """Wrap ``guide`` in one ``configure`` handler claiming the named sites."""
+    """Wrap ``guide`` in one ``configure`` handler claiming the named sites.
+
+    ``strategy`` maps a site to ``NAME[:OPTION=VALUE,...]`` (:func:`strategy_options`).
+    """
     from stackvi import baselines
     from stackvi.handlers import configure
     from stackvi.handlers.strategies import STRATEGIES
 
-    for site, name in strategy.items():
-        if name not in STRATEGIES:
-            raise CLIError(f"--strategy {site}={name}: unknown strategy '{name}'; known: "
-                           f"{sorted(STRATEGIES)}")
+    choice = {site: strategy_options(site, spec) for site, spec in strategy.items()}
     for site, name in baseline.items():
         if site not in strategy:
             raise CLIError(f"--baseline {site}={name}: give the site a score-function strategy "
                            f"too, e.g. --strategy {site}=reinforce")
-        if "baseline" not in inspect.signature(STRATEGIES[strategy[site]].__init__).parameters:
-            raise CLIError(f"--baseline {site}={name}: strategy '{strategy[site]}' takes no "
+        if "baseline" not in inspect.signature(STRATEGIES[choice[site][0]].__init__).parameters:
+            raise CLIError(f"--baseline {site}={name}: strategy '{choice[site][0]}' takes no "
                            "baseline (baselines are for score-function strategies: reinforce)")
         try:
             baselines.resolve(name)
         except ValueError as e:
             raise CLIError(f"--baseline {site}={name}: {e}") from e
+        choice[site][1]["baseline"] = name
     if not strategy:
         return guide
-    choice = {site: (name, {"baseline": baseline[site]} if site in baseline else {})
-              for site, name in strategy.items()}
     return configure(guide, lambda msg: choice.get(msg["name"]))
 
 

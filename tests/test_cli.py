@@ -86,6 +86,34 @@ def test_autoguide_with_reinforce_and_baseline(user_file, tmp_path):
     assert np.isfinite(summary["final"])
 
 
+SWITCH = textwrap.dedent("""
+    import numpyro
+    import numpyro.distributions as dist
+
+    def model():
+        b = numpyro.sample("b", dist.Bernoulli(0.5))
+        numpyro.sample("x", dist.Normal(3.0 * b, 1.0), obs=2.5)
+
+    def guide():
+        numpyro.sample("b", dist.Bernoulli(logits=numpyro.param("l", 0.0)))
+""")
+
+
+def test_strategy_options_after_a_colon(tmp_path):
+    # p(b=1 | x) = 1 / (1 + exp(-3·2.5 + 4.5)) = σ(3): the biased relaxation at a low
+    # temperature and the unbiased relax both move the logit up from 0 in a short run.
+    path = tmp_path / "switch.py"
+    path.write_text(SWITCH)
+    for spec in ("gumbel_softmax:temperature=0.3,biased=true", "relax:hidden=4"):
+        out = tmp_path / spec.split(":")[0]
+        argv = ["fit", "--model", f"{path}:model", "--guide", f"{path}:guide", "--strategy",
+                f"b={spec}", "--particles", "4", "--lr", "0.1", "--steps", "60", "--out",
+                str(out), "--no-progress"]
+        assert main(argv) == 0, spec
+        assert json.loads((out / "summary.json").read_text())["strategy"] == {"b": spec}
+        assert float(load(out / "checkpoint.npz").params["l"]) > 1.0, spec
+
+
 @pytest.mark.slow
 def test_default_job_with_fewer_steps(tmp_path):
     out = tmp_path / "run"
@@ -111,6 +139,11 @@ BAD = [
       "--strategy", "w=reinforce"], "'w' is not a latent site of the guide"),
     (["--model", "{f}:model", "--guide", "{f}:guide", "--data", "{f}:data",
       "--strategy", "z"], "expects SITE=NAME"),
+    (["--model", "{f}:model", "--guide", "{f}:guide", "--data", "{f}:data",
+      "--strategy", "z=unordered_set:j=2"], "'j=2' is not an option of unordered_set; its "
+     "options: k"),
+    (["--model", "{f}:model", "--guide", "{f}:guide", "--data", "{f}:data",
+      "--strategy", "z=reparam:k=2"], "not an option of reparam; it takes no options"),
     (["--model", "{f}:model", "--guide", "{f}:guide", "--data", "{f}:data",
       "--baseline", "z=ema"], "--strategy z=reinforce"),
     (["--model", "{f}:model", "--guide", "{f}:guide", "--data", "{f}:data",
