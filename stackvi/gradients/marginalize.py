@@ -177,9 +177,27 @@ def summed_out(model: Callable, model_trace: dict, guide_trace: dict, hidden: li
 
     out = [_plain_term(model_trace, n) for n in plain]
     local = _local_axes(alias)
+    declared = {n: {f.name for f in site["cond_indep_stack"] if f.dim is not None}
+                for n, site in tr.items() if site["type"] == "sample"}
     for group in _groups(factors, sum_vars):
-        out.append(_contract_group(group, sum_vars, plates, local, unalias))
+        out.append(_with_size1_plates(_contract_group(group, sum_vars, plates, local, unalias),
+                                      [declared[n] for _, _, ns in group for n in ns]))
     return Terms(tuple(out))
+
+
+def _with_size1_plates(term: Term, site_plates: list[set]) -> Term:
+    """``term`` with the plates every one of its sites lies in, size-1 ones included.
+
+    funsor (like :func:`_named_dims`) drops dims of size 1, so a marginal inside a
+    plate of size 1 would otherwise lose that plate's name and look independent of a
+    guide site laid out along it (a false "not along its plate" error).
+    """
+    common = set.intersection(*site_plates) if site_plates else set()
+    missing = tuple(sorted(p for p in common if p not in term.names))
+    if not missing:
+        return term
+    array = jnp.reshape(term.array, (1,) * len(missing) + jnp.shape(term.array))
+    return Term(term.label, array, missing + tuple(term.names))
 
 
 def _size(lp, dim_to_name, var):

@@ -458,6 +458,38 @@ def test_model_and_guide_enumeration_together():
         assert_unbiased(grads["q"], jax.grad(exact)(0.5), f"{wrap.__name__} gradient")
 
 
+def test_summed_out_site_in_a_plate_of_size_one():
+    # Pyro's enumerate_plate_3 with one data point: funsor drops size-1 dims, and the
+    # marginal term lost its plate, then looked independent of the guide's enumerated
+    # site laid out along that plate (a false "not along its plate" error).
+    def model():
+        with numpyro.plate("data", 1):
+            z = numpyro.sample("z", dist.Bernoulli(0.4))  # guide enumerates
+            c = numpyro.sample("c", dist.Bernoulli(jnp.where(z == 1, 0.8, 0.3)),
+                               infer={"enumerate": "parallel"})  # summed out in the model
+            numpyro.sample("x", dist.Normal(z + c, 1.0), obs=jnp.array([1.1]))
+
+    def guide():
+        with numpyro.plate("data", 1):
+            numpyro.sample("z", dist.Bernoulli(numpyro.param("q", 0.6)))
+
+    def exact(q):
+        out = 0.0
+        for z in (0.0, 1.0):
+            pc = 0.8 if z else 0.3
+            lp = jnp.log(0.4 if z else 0.6) + jnp.logaddexp(
+                jnp.log(1 - pc) + dist.Normal(z, 1.0).log_prob(1.1),
+                jnp.log(pc) + dist.Normal(z + 1, 1.0).log_prob(1.1))
+            w = q if z else 1 - q
+            out = out + w * (lp - jnp.log(w))
+        return out
+
+    obj = estimators.elbo(model, handlers.enumerate(guide))
+    value, grads = obj.value_and_grad({"q": jnp.array(0.6)}, jax.random.PRNGKey(0))
+    np.testing.assert_allclose(value, exact(0.6), rtol=1e-5)
+    np.testing.assert_allclose(grads["q"], jax.grad(exact)(0.6), rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_guide_site_whose_model_density_depends_on_summed_out_site():
     mu = jnp.array([-1.0, 2.0])

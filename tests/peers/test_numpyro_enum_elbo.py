@@ -2114,10 +2114,6 @@ XFAIL: dict[tuple[str, str], str] = {
         'mvd on Poisson plate site a whose cost uses sum(a) outside the plate: value '
         '-84.82 vs exact -13.84 (branches of one element leak into the others)'
     ),
-    ('model_enum_subsample_1-scale10', 'default'): (
-        'model-side enumeration applies scale=10 inside the log-sum: value -36.731 vs '
-        'exact -33.844'
-    ),
 }
 
 #: the default (not slow) run: one representative per kind of check

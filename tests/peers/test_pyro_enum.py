@@ -858,13 +858,9 @@ def test_elbo_enumerate_plate_2(strategy, kind, scale):
              {**ENUM_PARAMS, "model_probs_z": PZ_2}, data)
 
 
-SIZE1_PLATE_MARGINAL = ("a plate of size 1 around a model-side summed-out site: its marginal term "
-                        "loses the size-1 plate dim, then a false ValueError \"term "
-                        "'p:marginal(y)' depends on ... 'enum:x' but not along its plate 'data'\"")
-
-
-@pytest.mark.parametrize("scale,kind,strategy", plate_grid(
-    xfails={(1, "single", "enumerate"): SIZE1_PLATE_MARGINAL}))
+# kind "single" (a plate of size 1 around a model-side summed-out site) was a false error
+# until the marginal term kept its size-1 plates (marginalize._with_size1_plates).
+@pytest.mark.parametrize("scale,kind,strategy", plate_grid())
 def test_elbo_enumerate_plate_3(strategy, kind, scale):
     num_samples, num_masked, d = PLATE_DATA[kind]
     data = jnp.asarray(d, dtype=jnp.int32)
