@@ -24,14 +24,15 @@ compared with a float32 tolerance, stochastic ones with ``assert_unbiased``.
 
 Translation notes (facts, not changes to the cases):
 
-* Pyro vectorizes particles with a plate named ``"particles"``. That name
-  collides with stackvi's own particle axis (``test_particles_plate_name``,
-  xfail); elsewhere the plate is renamed ``"num_particles"`` and has P = 2
-  elements (the loss per element is Pyro's loss).
+* Pyro vectorizes particles with a plate named ``"particles"``. Under that name it
+  is checked once (``test_particles_plate_name``: stackvi's own axes never equal a
+  user's plate name); elsewhere the plate is renamed ``"num_particles"`` and has
+  P = 2 elements (the loss per element is Pyro's loss).
 * NumPyro's ``Categorical(probs)`` does not normalize ``probs``, Pyro's does:
   the categorical probability params get ``constraint=simplex``.
 * Pyro's ``guide_probs_c = [[0, 1], [1, 0]]`` (enumerate_plate_7) is not in the
-  interior of the simplex (no unconstrained value); we use ``[[0.1, 0.9], [0.9, 0.1]]``.
+  interior of the simplex (no unconstrained value); we use ``[[0.1, 0.9], [0.9, 0.1]]``,
+  which makes c random given a: enumerate/mvd on c are then refused by design.
 * Pyro's golden unconstrained gradients (hmm_in_model/in_guide) are in Pyro's
   softmax parametrization of the simplex; NumPyro's is stick-breaking, so
   those cases are checked against brute force instead of the golden numbers.
