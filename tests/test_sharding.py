@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+# The checks run in subprocesses that start JAX with several devices (about a minute):
+# the slow stage, not the README's run.
+pytestmark = pytest.mark.slow
+
 SCRIPTS = Path(__file__).parent / "scale"
 RTOL = 1e-5
 
@@ -35,7 +39,6 @@ def report():
     return last_json(run("sharded_checks.py"))
 
 
-@pytest.mark.slow
 def test_four_devices_visible(report):
     assert report["devices"] == 4
 
@@ -72,7 +75,6 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_processes_fit_like_one():
     """jax.distributed on localhost with CPU (gloo) collectives."""
     port = _free_port()
