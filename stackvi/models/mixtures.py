@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
+from numpyro.ops.indexing import Vindex
 
 __all__ = ["bernoulli_mixture", "gmm", "digits", "gmm_data"]
 
@@ -45,7 +46,9 @@ def _bm_model(x, k: int = K_DIGITS):
     theta = numpyro.sample("theta", dist.Normal(0.0, 1.0).expand([k, d]).to_event(2))
     with numpyro.plate("data", n):
         z = numpyro.sample("z", dist.Categorical(jnp.ones(k) / k))
-        numpyro.sample("x", dist.Bernoulli(logits=theta[z]).to_event(1), obs=x)
+        # Vindex, as in NumPyro's enumeration examples: theta may carry leading dims (an
+        # enumerated or branched layout) that the lookup must broadcast over.
+        numpyro.sample("x", dist.Bernoulli(logits=Vindex(theta)[..., z, :]).to_event(1), obs=x)
 
 
 def _bm_guide(x, k: int = K_DIGITS, with_z: bool = True):
