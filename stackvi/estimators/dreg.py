@@ -40,7 +40,12 @@ import jax.numpy as jnp
 from numpyro.handlers import substitute, trace
 
 from stackvi.estimators.core import Objective, particles
-from stackvi.estimators.iwae import _check_flag, _plate_sizes, check_num_particles, data_plates
+from stackvi.estimators.iwae import (
+    check_num_particles,
+    check_per_datapoint,
+    data_plates,
+    plate_sizes,
+)
 from stackvi.gradients.scoring import model_density
 from stackvi.gradients.strategy import simulate
 from stackvi.handlers.density import trace_terms
@@ -78,7 +83,7 @@ def dreg(model: Callable, guide: Callable, num_particles: int = 1,
     ``per_datapoint=False``: one bound for the batch.
     """
     check_num_particles("dreg", num_particles)
-    _check_flag("dreg", per_datapoint)
+    check_per_datapoint("dreg", per_datapoint)
     layout: dict = {}
 
     def one(*args, **kwargs):
@@ -101,14 +106,10 @@ def dreg(model: Callable, guide: Callable, num_particles: int = 1,
         return log_p - log_q, log_p - trace_terms(fixed_q).per(plates), log_p_fixed
 
     def program(*args, **kwargs):
-        sizes = _plate_sizes()
+        sizes = plate_sizes()
         with sizes:
             lw, lw_path, log_p_fixed = particles(one, num_particles)(*args, **kwargs)
-        scale = 1.0
-        for p in layout["plates"]:  # subsampled data plates: weights unscaled, sum scaled
-            size, sub = sizes.sizes.get(p, (None, None))
-            if size is not None and size > sub:
-                scale = scale * size / sub
+        scale = sizes.scale(layout["plates"])  # subsampled data plates: weights unscaled
         w = jax.nn.softmax(jax.lax.stop_gradient(lw) / scale, axis=0)
         value = scale * jnp.sum(jax.nn.logsumexp(lw / scale, axis=0) - jnp.log(num_particles))
         s = jnp.sum(w**2 * lw_path) + jnp.sum((w - w**2) * log_p_fixed)

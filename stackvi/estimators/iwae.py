@@ -46,7 +46,8 @@ from stackvi.estimators.core import PARTICLES, Objective, log_weight, particles
 from stackvi.estimators.signals import LearningSignal
 from stackvi.terms import Terms
 
-__all__ = ["iwae", "check_num_particles", "data_plates", "PerPoint", "per_point_log_weights"]
+__all__ = ["iwae", "check_num_particles", "check_per_datapoint", "data_plates", "plate_sizes",
+           "PerPoint", "per_point_log_weights"]
 
 
 def check_num_particles(name: str, num: int, what: str = "num_particles") -> None:
@@ -58,16 +59,7 @@ def check_num_particles(name: str, num: int, what: str = "num_particles") -> Non
         )
 
 
-def log_weights(model: Callable, guide: Callable, num: int) -> Callable:
-    """``(*args) -> (K,)`` per-particle log-weights ``log p(x, zₖ) − log q(zₖ)``."""
-
-    def run(*args, **kwargs):
-        return particles(log_weight(model, guide), num)(*args, **kwargs).per((PARTICLES,))
-
-    return run
-
-
-class _plate_sizes(Messenger):
+class plate_sizes(Messenger):
     """Record ``name -> (size, subsample size)`` of every plate the program enters."""
 
     def __init__(self, fn=None):
@@ -79,6 +71,15 @@ class _plate_sizes(Messenger):
             size = msg["args"][0]
             sub = jnp.shape(msg["value"])[0] if msg["value"] is not None else size
             self.sizes[msg["name"]] = (size, sub)
+
+    def scale(self, plates) -> float:
+        """The subsampling scale of ``plates``: ``Π N/B`` over the subsampled ones."""
+        out = 1.0
+        for p in plates:
+            size, sub = self.sizes.get(p, (None, None))
+            if size is not None and size > sub:
+                out = out * size / sub
+        return out
 
 
 def data_plates(terms: Terms) -> tuple[str, ...]:
@@ -126,15 +127,11 @@ def per_point_log_weights(model: Callable, guide: Callable, num: int,
     """
 
     def run(*args, **kwargs):
-        sizes = _plate_sizes()
+        sizes = plate_sizes()
         with sizes:
             terms = particles(log_weight(model, guide), num)(*args, **kwargs)
         plates = data_plates(terms) if per_datapoint else ()
-        scale = 1.0
-        for p in plates:
-            size, sub = sizes.sizes.get(p, (None, None))
-            if size is not None and size > sub:
-                scale = scale * size / sub
+        scale = sizes.scale(plates)
         names = (PARTICLES, *plates)
         return PerPoint(terms.per(names) / scale, names, scale)
 
@@ -153,7 +150,7 @@ def iwae(model: Callable, guide: Callable, num_particles: int = 1,
     summed (NumPyro's ``RenyiELBO(alpha=0)``); ``False``: one bound for the batch.
     """
     check_num_particles("iwae", num_particles)
-    _check_flag("iwae", per_datapoint)
+    check_per_datapoint("iwae", per_datapoint)
 
     def program(*args, **kwargs):
         pp = per_point_log_weights(model, guide, num_particles, per_datapoint)(*args, **kwargs)
@@ -163,7 +160,8 @@ def iwae(model: Callable, guide: Callable, num_particles: int = 1,
                      info={"num_particles": num_particles, "per_datapoint": per_datapoint})
 
 
-def _check_flag(name: str, per_datapoint) -> None:
+def check_per_datapoint(name: str, per_datapoint) -> None:
+    """A clear error unless ``per_datapoint`` is a bool (the objectives' shared flag)."""
     if not isinstance(per_datapoint, bool):
         raise TypeError(f"{name}: per_datapoint must be True (a bound per element of the data "
                         f"plates) or False (one bound for the batch), got {per_datapoint!r}")

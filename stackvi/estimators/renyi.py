@@ -29,7 +29,11 @@ import jax
 import jax.numpy as jnp
 
 from stackvi.estimators.core import PARTICLES, Objective, log_weight, particles
-from stackvi.estimators.iwae import _check_flag, check_num_particles, per_point_log_weights
+from stackvi.estimators.iwae import (
+    check_num_particles,
+    check_per_datapoint,
+    per_point_log_weights,
+)
 
 __all__ = ["renyi"]
 
@@ -42,7 +46,7 @@ def renyi(model: Callable, guide: Callable, alpha: float, num_particles: int = 1
     summed (NumPyro's ``RenyiELBO``); ``False``: one bound for the batch.
     """
     check_num_particles("renyi", num_particles)
-    _check_flag("renyi", per_datapoint)
+    check_per_datapoint("renyi", per_datapoint)
     alpha = float(alpha)
     info = {"num_particles": num_particles, "alpha": alpha, "per_datapoint": per_datapoint}
 

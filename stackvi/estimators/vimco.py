@@ -33,7 +33,11 @@ import jax
 import jax.numpy as jnp
 
 from stackvi.estimators.core import Objective
-from stackvi.estimators.iwae import _check_flag, check_num_particles, per_point_log_weights
+from stackvi.estimators.iwae import (
+    check_num_particles,
+    check_per_datapoint,
+    per_point_log_weights,
+)
 from stackvi.estimators.signals import LearningSignal
 
 __all__ = ["vimco", "leave_one_out_signal"]
@@ -68,7 +72,7 @@ def vimco(model: Callable, guide: Callable, num_particles: int = 2,
     ``per_datapoint=False``: one bound for the batch.
     """
     check_num_particles("vimco", num_particles)
-    _check_flag("vimco", per_datapoint)
+    check_per_datapoint("vimco", per_datapoint)
     if num_particles < 2:
         raise ValueError(
             f"vimco needs num_particles >= 2 (its control variate for particle k is built "

@@ -27,7 +27,13 @@ this API; ``docs/strategies.md`` writes one (:mod:`stackvi.handlers.disarm`).
 """
 
 from stackvi.axes import PARTICLES, Axis, branch_axis, enum_axis
-from stackvi.gradients.branches import allocate_dim, check_plated, lay_out, site_term
+from stackvi.gradients.branches import (
+    allocate_dim,
+    check_plated,
+    lay_out,
+    plated_term,
+    site_term,
+)
 from stackvi.gradients.contract import (
     branch_costs,
     branch_difference,
@@ -40,6 +46,7 @@ from stackvi.gradients.strategy import (
     STRATEGIES,
     Strategy,
     Trace,
+    bernoulli_base,
     claim,
     dist_name,
     register,
@@ -71,6 +78,7 @@ __all__ = [
     "Trace",
     "dist_name",
     "unwrapped",
+    "bernoulli_base",
     "score_model",
     "model_density",
     "Signals",
@@ -82,6 +90,7 @@ __all__ = [
     "check_plated",
     "lay_out",
     "site_term",
+    "plated_term",
     "branch_costs",
     "branch_difference",
     "upstream_weights",

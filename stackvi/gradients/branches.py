@@ -24,7 +24,8 @@ from stackvi.axes import Axis
 from stackvi.gradients.strategy import dist_name
 from stackvi.terms import Term
 
-__all__ = ["allocate_dim", "branched_value", "lay_out", "site_term", "check_plated"]
+__all__ = ["allocate_dim", "branched_value", "lay_out", "site_term", "plated_term",
+           "check_plated"]
 
 
 def allocate_dim(msg: dict, prefix: str):
@@ -81,9 +82,14 @@ def site_term(msg: dict, array, coord: Axis, label: str | None = None) -> Term:
     fn = msg["fn"]
     batch, event = tuple(fn.batch_shape), tuple(fn.event_shape)
     array = jnp.broadcast_to(array, batch + event).reshape(batch + (-1,))
+    return plated_term(msg, array, coord, label or str(coord))
+
+
+def plated_term(msg: dict, array, coord: Axis, label: str) -> Term:
+    """``array`` of shape (site's batch shape) + (E,) as a Term: its plate dims named, the
+    batch dims no plate declares (size 1) squeezed, then ``coord`` of size E."""
+    n = len(msg["fn"].batch_shape)
     frames = _terms.dim_names(msg)
-    n = len(batch)
     names = tuple(frames[i - n] for i in range(n) if (i - n) in frames)
     squeeze = tuple(i for i in range(n) if (i - n) not in frames)
-    return Term(label or str(coord), jnp.squeeze(array, squeeze) if squeeze else array,
-                names + (coord,))
+    return Term(label, jnp.squeeze(array, squeeze) if squeeze else array, names + (coord,))

@@ -37,13 +37,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax.numpy as jnp
+import numpyro.distributions as dist
 from numpyro.handlers import trace
 from numpyro.primitives import Messenger
 
 from stackvi.gradients.records import SiteRecord, current_recorder
 
 __all__ = ["Strategy", "register", "STRATEGIES", "simulate", "claim", "dist_name", "unwrapped",
-           "is_latent", "Trace", "numbered"]
+           "bernoulli_base", "is_latent", "Trace", "numbered"]
 
 SiteSelector = Iterable[str] | Callable[[dict], bool] | None
 
@@ -80,6 +81,12 @@ def unwrapped(fn):
     while type(fn).__name__ in ("ExpandedDistribution", "MaskedDistribution", "Independent"):
         fn = fn.base_dist
     return fn
+
+
+def bernoulli_base(fn):
+    """The Bernoulli under ``fn``'s wrappers (logits or probs form), else ``None``."""
+    base = unwrapped(fn)
+    return base if isinstance(base, (dist.BernoulliLogits, dist.BernoulliProbs)) else None
 
 
 def dist_name(msg: dict) -> str:

@@ -36,13 +36,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpyro
-import numpyro.distributions as dist
 from jax import random
 
 from stackvi.gradients import (
     SiteRecord,
     Strategy,
     allocate_dim,
+    bernoulli_base,
     branch_costs,
     branch_difference,
     check_plated,
@@ -51,7 +51,6 @@ from stackvi.gradients import (
     register,
     select,
     site_term,
-    unwrapped,
     upstream_weights,
 )
 from stackvi.terms import site_log_prob
@@ -59,11 +58,6 @@ from stackvi.terms import site_log_prob
 __all__ = ["disarm", "arm"]
 
 sg = jax.lax.stop_gradient
-
-
-def _bernoulli(fn):
-    base = unwrapped(fn)
-    return base if isinstance(base, (dist.BernoulliLogits, dist.BernoulliProbs)) else None
 
 
 @register
@@ -76,7 +70,7 @@ class disarm(Strategy):
 
     @classmethod
     def validate(cls, msg, claimer):
-        if _bernoulli(msg["fn"]) is None:
+        if bernoulli_base(msg["fn"]) is None:
             raise ValueError(
                 f"{claimer}: site '{msg['name']}' ({type(msg['fn']).__name__}) is not a "
                 f"Bernoulli; {cls.name} handles Bernoulli sites only. Use mvd, enumerate or "
@@ -100,7 +94,7 @@ class disarm(Strategy):
         check_plated(msg, cls.name)
         fn = msg["fn"]
         shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
-        base = _bernoulli(fn)
+        base = bernoulli_base(fn)
         logits = jnp.broadcast_to(base.logits, shape)
         u = random.uniform(numpyro.prng_key(), shape)
         p = jax.nn.sigmoid(sg(logits))

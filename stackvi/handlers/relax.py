@@ -57,18 +57,26 @@ True
 
 from __future__ import annotations
 
+import math
 import re
 
 import jax
 import jax.numpy as jnp
 import numpyro
-import numpyro.distributions as dist
 from jax import random
 from numpyro.primitives import Messenger
 
-from stackvi import terms as _terms
 from stackvi.axes import Axis
-from stackvi.gradients import SiteRecord, Strategy, check_plated, contract, register, select
+from stackvi.gradients import (
+    SiteRecord,
+    Strategy,
+    bernoulli_base,
+    check_plated,
+    contract,
+    plated_term,
+    register,
+    select,
+)
 from stackvi.terms import Term, site_log_prob
 
 __all__ = ["relax", "PREFIX"]
@@ -89,11 +97,6 @@ def _unwrap(fn):
             masks.append((fn._mask, tuple(fn.batch_shape), tuple(fn.event_shape)))
         fn = fn.base_dist
     return fn, masks
-
-
-def _bernoulli(fn):
-    base, _ = _unwrap(fn)
-    return base if isinstance(base, (dist.BernoulliLogits, dist.BernoulliProbs)) else None
 
 
 def _coordinate_mask(msg, shape):
@@ -142,16 +145,6 @@ class _param_names(Messenger):
             self.names.append(msg["name"])
 
 
-def _layout(msg, array, coord: Axis, label: str) -> Term:
-    """``array`` of shape batch + (E,) as a Term: named plate dims, then ``coord``."""
-    batch = tuple(msg["fn"].batch_shape)
-    n = len(batch)
-    frames = _terms.dim_names(msg)
-    names = tuple(frames[i - n] for i in range(n) if (i - n) in frames)
-    squeeze = tuple(i for i in range(n) if (i - n) not in frames)
-    return Term(label, jnp.squeeze(array, squeeze) if squeeze else array, names + (coord,))
-
-
 @register
 class relax(Strategy):
     """RELAX with a learned control variate for the claimed Bernoulli sites (module docstring)."""
@@ -164,7 +157,7 @@ class relax(Strategy):
 
     @classmethod
     def _check(cls, msg, claimer):
-        if _bernoulli(msg["fn"]) is None:
+        if bernoulli_base(msg["fn"]) is None:
             raise ValueError(
                 f"{claimer}: site '{msg['name']}' ({type(_unwrap(msg['fn'])[0]).__name__}) is "
                 f"not a Bernoulli; {cls.name} handles Bernoulli sites only. Use mvd, enumerate, "
@@ -206,7 +199,7 @@ class relax(Strategy):
         check_plated(msg, cls.name)
         fn = msg["fn"]
         shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
-        logits = jnp.broadcast_to(_bernoulli(fn).logits, shape)
+        logits = jnp.broadcast_to(bernoulli_base(fn).logits, shape)
         ku, kv = random.split(key)
         tiny = jnp.finfo(jnp.result_type(float)).tiny
         u = random.uniform(ku, shape, minval=tiny)
@@ -258,9 +251,7 @@ class relax(Strategy):
         fn = msg["fn"]
         batch, event = tuple(fn.batch_shape), tuple(fn.event_shape)
         shape = batch + event
-        size = 1
-        for d in event:
-            size *= d
+        size = math.prod(event)
         mask = _coordinate_mask(msg, shape)
         lq = b * logits - jax.nn.softplus(logits)  # log p(b) per coordinate (stable at α = 0)
         if mask is not None:
@@ -275,8 +266,8 @@ class relax(Strategy):
             c, c_tilde = c.reshape(batch + (size,)), c_tilde.reshape(batch + (size,))
         coord = Axis(f"relax:{msg['name']}:coord")
         coord_c = coord if c.shape[-1] == size else Axis(f"relax:{msg['name']}:element")
-        extra = (_layout(msg, lq.reshape(batch + (size,)), coord, "log_prob"),
-                 _layout(msg, c, coord_c, "c(z)"), _layout(msg, c_tilde, coord_c, "c(z~)"))
+        extra = (plated_term(msg, lq.reshape(batch + (size,)), coord, "log_prob"),
+                 plated_term(msg, c, coord_c, "c(z)"), plated_term(msg, c_tilde, coord_c, "c(z~)"))
         return SiteRecord(msg["name"], site_log_prob({**msg, "scale": None}), cls.name,
                           extra=extra, variance_params=names)
 

@@ -39,19 +39,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpyro
-import numpyro.distributions as dist
 from jax import random
 
-from stackvi.gradients import Strategy, register, unwrapped
+from stackvi.gradients import Strategy, bernoulli_base, register
 
 __all__ = ["gumbel_softmax", "straight_through"]
 
 sg = jax.lax.stop_gradient
-
-
-def _bernoulli(fn):
-    base = unwrapped(fn)
-    return base if isinstance(base, (dist.BernoulliLogits, dist.BernoulliProbs)) else None
 
 
 @register
@@ -65,7 +59,7 @@ class gumbel_softmax(Strategy):
 
     @classmethod
     def validate(cls, msg, claimer):
-        if _bernoulli(msg["fn"]) is None:
+        if bernoulli_base(msg["fn"]) is None:
             raise ValueError(
                 f"{claimer}: site '{msg['name']}' ({type(msg['fn']).__name__}) is not a "
                 f"Bernoulli; {cls.name} relaxes Bernoulli sites only (a Categorical's value is "
@@ -109,7 +103,7 @@ class gumbel_softmax(Strategy):
                 f"site '{msg['name']}' is claimed by {cls.name} but has no noise: run it under "
                 "an objective (estimators.elbo) or numpyro.handlers.seed."
             )
-        logits = jnp.broadcast_to(_bernoulli(msg["fn"]).logits, noise.shape)
+        logits = jnp.broadcast_to(bernoulli_base(msg["fn"]).logits, noise.shape)
         z = logits + noise
         soft = jax.nn.sigmoid(z / msg["infer"].get("temperature", 0.5))
         hard = (sg(z) > 0).astype(soft.dtype)
