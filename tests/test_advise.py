@@ -52,10 +52,12 @@ def test_advise_measures_applicable_strategies_and_recommends_the_best():
     assert advice.combined.score <= advice.default.score
     assert "**(best)**" in advice.table()
 
-    # applied in one line, it is the estimator that was measured: b enumerated exactly
+    # applied in one line, it is the estimator that was measured: every recommended strategy
+    # is installed (pathwise sites leave no record; z's pick depends on timing, see above)
     tuned = estimators.elbo(model, advice.configure(guide), num_particles=2)
     _, records = tuned.run(params, jax.random.PRNGKey(2))
-    assert {r.name: r.kind for r in records} == {"b": advice.recommended["b"][0]}
+    expected = {s: kind for s, (kind, _) in advice.recommended.items() if kind != "reparam"}
+    assert {r.name: r.kind for r in records} == expected
     value, grads = tuned.value_and_grad(params, jax.random.PRNGKey(3))
     assert np.isfinite(value) and all(np.isfinite(g) for g in grads.values())
 
