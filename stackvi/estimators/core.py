@@ -49,6 +49,7 @@ from numpyro.primitives import Messenger
 
 from stackvi.axes import PARTICLES
 from stackvi.estimators.signals import LearningSignal
+from stackvi.gradients.dataflow import check_reads, is_tagging
 from stackvi.gradients.dice import any_order_surrogate
 from stackvi.gradients.records import SiteRecord, current_recorder, recording
 from stackvi.gradients.scoring import model_density, score_model
@@ -339,7 +340,12 @@ class Objective:
         new_mutable = None
         if mutable is not None:
             new_mutable = {**mutable, **subs.mutable_out}
-        return value, _unique_names(rec.records), new_mutable
+        records = _unique_names(rec.records)
+        laid_out = rec.sums_out or any(r.axis is not None for r in records)
+        if laid_out and not is_tagging():  # (the check's own trace is not checked again)
+            check_reads(lambda p, k: self._run(p, k, args, kwargs, mutable)[:2], params,
+                        rng_key)
+        return value, records, new_mutable
 
     def estimate(self, params, rng_key, *args, **kwargs) -> jax.Array:
         """A Monte Carlo estimate of the objective."""

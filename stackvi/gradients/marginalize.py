@@ -44,6 +44,7 @@ contracted here, not by ``numpyro.contrib.funsor.log_density``, so that:
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 
@@ -53,7 +54,9 @@ from numpyro.primitives import Messenger
 
 from stackvi._compat import compute_markov_factors, get_shift, log_density, shift_name, unmasked
 from stackvi.axes import Axis
+from stackvi.gradients.dataflow import model_axis, probe, tag
 from stackvi.gradients.records import current_recorder
+from stackvi.gradients.strategy import dist_name
 from stackvi.terms import Term, Terms, site_log_prob
 
 __all__ = ["summed_out"]
@@ -73,6 +76,23 @@ class _own_infer(Messenger):
             msg["infer"] = dict(msg["infer"])
 
 
+class _tag_summed(Messenger):
+    """Tags the support that funsor's ``enum`` lays out for each summed-out site
+    (:mod:`stackvi.gradients.dataflow`: a factor must keep the dims of what it reads)."""
+
+    def __init__(self, fn, names):
+        self.names = names
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        value, fn = msg.get("value"), msg.get("fn")
+        if msg["type"] != "sample" or msg["name"] not in self.names or value is None:
+            return
+        if jnp.size(value) > math.prod(fn.event_shape):  # a support of one value: no dim
+            msg["value"] = tag(value, model_axis(msg["name"]), msg["name"], dist_name(msg),
+                               "summed out in the model")
+
+
 def _enumerated_trace(model, guide_trace, hidden, first_dim, args, kwargs):
     from numpyro.contrib.funsor import enum, plate_to_enum_plate
     from numpyro.contrib.funsor import trace as named_trace
@@ -86,8 +106,8 @@ def _enumerated_trace(model, guide_trace, hidden, first_dim, args, kwargs):
         # the sites whose values come from the guide.
         return {"enumerate": "parallel" if site["name"] in names else None}
 
-    enumerated = enum(infer_config(substitute(_own_infer(model), data=data), config),
-                      first_available_dim=first_dim)
+    enumerated = _tag_summed(enum(infer_config(substitute(_own_infer(model), data=data),
+                                               config), first_available_dim=first_dim), names)
     with plate_to_enum_plate():
         return named_trace(enumerated).get_trace(*args, **kwargs)
 
@@ -106,6 +126,9 @@ def summed_out(model: Callable, model_trace: dict, guide_trace: dict, hidden: li
     funsor.set_backend("jax")
     scope = _scope()
     axes = dict(scope.names) if scope is not None else {}  # dim -> Axis of guide sites
+    rec = current_recorder()
+    if rec is not None:
+        rec.sums_out = True  # Objective then checks the factors' data flow (dataflow.probe)
     nesting = _nesting(model_trace)
     first = min([-nesting - 1, *[d - 1 for d in axes]])
     tr = _enumerated_trace(model, guide_trace, hidden, first, args, kwargs)
@@ -141,6 +164,8 @@ def summed_out(model: Callable, model_trace: dict, guide_trace: dict, hidden: li
         for dim, axis in axes.items():
             dim_to_name[dim] = alias[axis]
         lp, dim_to_name = _named_dims(lp, dim_to_name)
+        probe(lp, [model_axis(v) if v in sum_vars else unalias.get(v, v)
+                   for v in dim_to_name.values()], f"p:{name}")
         deps = {v for v in dim_to_name.values()
                 if v in sum_vars or v.startswith("_PREV_") or v.startswith("_time")}
         if not deps:

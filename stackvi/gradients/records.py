@@ -93,6 +93,7 @@ class Recorder:
     def __init__(self, tokens=None):
         self.records: list[SiteRecord] = []
         self.tokens = tokens if tokens is not None else itertools.count()
+        self.sums_out = False  # the model summed out discrete sites (gradients.marginalize)
 
     def add(self, record: SiteRecord) -> None:
         self.records.append(record)
@@ -129,3 +130,5 @@ def recording():
         yield rec
     finally:
         _RECORDERS.pop()
+        if parent is not None:
+            parent.sums_out = parent.sums_out or rec.sums_out

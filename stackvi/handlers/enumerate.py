@@ -44,6 +44,7 @@ from numpyro.handlers import block, replay, seed, trace
 from stackvi import terms as _terms
 from stackvi._compat import unmasked
 from stackvi.axes import Axis
+from stackvi.gradients.dataflow import tag
 from stackvi.gradients.records import SiteRecord
 from stackvi.gradients.strategy import Strategy, register
 from stackvi.gradients.strategy import dist_name as _dist_name
@@ -155,6 +156,9 @@ def check_site_shapes(*traces: dict) -> None:
 
 
 def _owned(msg: dict, value, dim: int, name: str) -> None:
+    if value.shape[dim] > 1:  # a size-1 axis is dropped from the terms: nothing to check
+        kind = msg["infer"].get("strategy", name.split(":")[0])
+        value = tag(value, name, msg["name"], _dist_name(msg), f"claimed by {kind}")
     msg["value"] = value
     msg["infer"] = {**msg["infer"], "_stackvi_owns_value": True, "_stackvi_axis": name,
                     "_stackvi_dim": dim}

@@ -1,0 +1,212 @@
+"""Which laid-out sites each term reads: a data-flow check on the program's jaxpr.
+
+An enumerated or branched site (``enumerate``, ``mvd``, ``disarm``, …) takes all
+its values at once, laid out along an axis of its own, and every cost computed
+from it must keep that axis: entry *k* of the cost is the cost at entry *k* of
+the site. A cost that reduces the axis away — ``jnp.sum(a)`` or ``a.sum()``
+over a plated site, where ``a.sum(-1)`` was meant — mixes the support values
+(or the branches) into one number, and its named axes no longer show that it
+read the site at all: the estimate would be silently wrong (Pyro and NumPyro
+trust the user here). Shapes cannot tell, data flow can.
+
+So when some site is laid out, :func:`check_reads` traces the program once
+more (``jax.make_jaxpr``: tracing only, nothing runs and the compiled step is
+unchanged) with every laid-out value passed through an identity tagged with
+its axis (:func:`tag`, ``jax.ad_checkpoint.checkpoint_name``), reads off the
+jaxpr which tags each term's array is reachable from (:func:`reads`, through
+``pjit``, ``scan``, ``cond``, ``while`` and custom-derivative calls), and
+raises a ``ValueError`` naming the term, the site and its distribution when a
+term reads a site but lacks its axis.
+
+>>> import jax.numpy as jnp
+>>> def program(a):
+...     a = tag(a, "enum:a")
+...     return [a + 1.0, jnp.sum(a), jnp.ones(2)]
+>>> with tagging():
+...     found = reads(program, jnp.zeros(3))
+>>> [sorted(r) for r in found]
+[['enum:a'], ['enum:a'], []]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import jax
+from jax.ad_checkpoint import checkpoint_name
+from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
+
+__all__ = ["tag", "tagging", "is_tagging", "probe", "model_axis", "reads", "check_reads"]
+
+_PREFIX = "stackvi-layout:"
+_MODEL = "sum:"  # tags of the sites the model sums out
+EMPTY: frozenset = frozenset()
+
+
+class _Tags:
+    """What one analysis trace collects: the tagged sites, and arrays to check."""
+
+    def __init__(self):
+        self.sites: dict[str, tuple[str, str, str]] = {}  # tag -> (site, dist, how)
+        self.probes: list[tuple] = []  # (array, axes it has, label, checks model tags?)
+
+
+_TAGGING: list[_Tags] = []  # a stack while one analysis trace runs, like NumPyro's handlers
+
+
+@contextmanager
+def tagging():
+    """Tag laid-out values in this block (the analysis trace of :func:`check_reads`)."""
+    tags = _Tags()
+    _TAGGING.append(tags)
+    try:
+        yield tags
+    finally:
+        _TAGGING.pop()
+
+
+def is_tagging() -> bool:
+    return bool(_TAGGING)
+
+
+def tag(value, axis: str, site: str = "?", dist: str = "?", how: str = "laid out"):
+    """``value`` itself; inside :func:`tagging`, marked in the jaxpr as read from ``axis``."""
+    if not _TAGGING:
+        return value
+    _TAGGING[-1].sites[str(axis)] = (site, dist, how)
+    return checkpoint_name(value, _PREFIX + str(axis))
+
+
+def model_axis(site: str) -> str:
+    """The tag of a site the model sums out (``gradients.marginalize``)."""
+    return f"{_MODEL}{site}"
+
+
+def probe(array, axes, label: str) -> None:
+    """Inside :func:`tagging`: check that ``array`` (a model factor before the sum over the
+    model's enumerated sites) reads no tagged site whose axis is not in ``axes``."""
+    if _TAGGING:
+        _TAGGING[-1].probes.append((array, frozenset(map(str, axes)), label, True))
+
+
+def reads(fn: Callable, *args) -> list[frozenset]:
+    """For each array ``fn(*args)`` returns (a flat list), the tags it is reachable from."""
+    closed = jax.make_jaxpr(fn)(*args)
+    return _walk(closed.jaxpr, [EMPTY] * len(closed.jaxpr.invars))
+
+
+def _union(sets) -> frozenset:
+    out = EMPTY
+    for s in sets:
+        out = out | s
+    return out
+
+
+def _walk(jaxpr: Jaxpr, ins: list) -> list:
+    env = dict(zip(jaxpr.invars, ins, strict=True))
+
+    def read(atom):
+        return EMPTY if isinstance(atom, Literal) else env.get(atom, EMPTY)
+
+    for eqn in jaxpr.eqns:
+        outs = _equation(eqn, [read(a) for a in eqn.invars])
+        for var, deps in zip(eqn.outvars, outs, strict=True):
+            env[var] = deps
+    return [read(a) for a in jaxpr.outvars]
+
+
+def _open(j) -> Jaxpr:
+    return j.jaxpr if isinstance(j, ClosedJaxpr) else j
+
+
+def _equation(eqn, ins: list) -> list:
+    name, params, n_out = eqn.primitive.name, eqn.params, len(eqn.outvars)
+    if name == "name" and str(params.get("name", "")).startswith(_PREFIX):
+        return [ins[0] | {params["name"][len(_PREFIX):]}]
+    if name == "scan":
+        return _scan(eqn, ins)
+    if name == "while":
+        return _while(eqn, ins)
+    if name == "cond":
+        outs = [EMPTY] * n_out
+        for branch in params["branches"]:
+            outs = [a | b for a, b in zip(outs, _walk(_open(branch), ins[1:]), strict=True)]
+        return [o | ins[0] for o in outs]
+    subs = [_open(j) for j in params.values() if isinstance(j, (Jaxpr, ClosedJaxpr))]
+    for sub in subs:  # pjit, closed_call, remat, custom_jvp/vjp calls: same arity as the eqn
+        if len(sub.invars) == len(ins) and len(sub.outvars) == n_out:
+            return _walk(sub, ins)
+    # any other primitive: every output reads every input (conservative for unknown calls)
+    return [_union(ins)] * n_out
+
+
+def _scan(eqn, ins: list) -> list:
+    body = _open(eqn.params["jaxpr"])
+    n_consts, n_carry = eqn.params["num_consts"], eqn.params["num_carry"]
+    consts, carry, xs = ins[:n_consts], ins[n_consts:n_consts + n_carry], ins[n_consts + n_carry:]
+    while True:  # what the carry reads grows with the steps: iterate to the fixed point
+        outs = _walk(body, consts + carry + xs)
+        grown = [c | o for c, o in zip(carry, outs[:n_carry], strict=True)]
+        if grown == carry:
+            return carry + outs[n_carry:]
+        carry = grown
+
+
+def _while(eqn, ins: list) -> list:
+    cond, body = _open(eqn.params["cond_jaxpr"]), _open(eqn.params["body_jaxpr"])
+    nc, nb = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
+    cond_consts, body_consts, carry = ins[:nc], ins[nc:nc + nb], ins[nc + nb:]
+    while True:
+        pred = _union(_walk(cond, cond_consts + carry))  # the trip count reads the predicate
+        grown = [c | o | pred for c, o in zip(carry, _walk(body, body_consts + carry),
+                                              strict=True)]
+        if grown == carry:
+            return carry
+        carry = grown
+
+
+#: what the analysis trace may fail on and the real run not: a laid-out value that the real
+#: run keeps concrete (enumerated supports) is a tracer here (e.g. indexing a NumPy array)
+_UNTRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                jax.errors.TracerIntegerConversionError, jax.errors.TracerBoolConversionError)
+
+
+def check_reads(run: Callable, params, rng_key) -> None:
+    """Refuse a term that reads a laid-out site but has lost the site's axis.
+
+    ``run(params, rng_key) -> (Terms, records)`` is the program. It is traced
+    once more under :func:`tagging`; its terms and records are checked against
+    the axes of the guide's laid-out sites, and the model's factors registered
+    with :func:`probe` also against the model's summed-out sites.
+    """
+
+    def arrays(p, k):
+        with tagging() as tags:
+            v, recs = run(p, k)
+        found.append(tags)
+        checked = [(t.array, t.names, t.label) for t in getattr(v, "terms", ())]
+        checked += [(r.log_prob.array, r.log_prob.names, f"log q({r.name})") for r in recs]
+        tags.probes[:0] = [(a, frozenset(map(str, n)), label, False) for a, n, label in checked]
+        return [pr[0] for pr in tags.probes]
+
+    found: list[_Tags] = []
+    try:
+        reached = reads(arrays, params, rng_key)
+    except _UNTRACEABLE:
+        return  # the program needs the support concrete: no jaxpr to read (docs/design.md)
+    tags = found[-1]
+    for (_, axes, label, model_too), got in zip(tags.probes, reached, strict=True):
+        for axis in sorted(got - axes):
+            if axis.startswith(_MODEL) and not model_too:
+                continue  # terms after the model's sum: those axes are contracted by design
+            site, dist, how = tags.sites[axis]
+            raise ValueError(
+                f"term '{label}' reads site '{site}' ({dist}, {how}) but has lost its axis "
+                f"'{axis}', along which the site's values are laid out: the term reduces over "
+                "them (e.g. `jnp.sum(a)` or `a.sum()` where `a.sum(-1)` was meant), which "
+                "would mix every value into one cost and bias the estimate silently. Reduce "
+                "over event dims only (negative axes); a cost that combines the elements of a "
+                "plated site cannot be laid out in parallel at all: use reinforce for "
+                f"'{site}' (sample it in the guide if the model sums it out)."
+            )
