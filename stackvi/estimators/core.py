@@ -262,6 +262,9 @@ class Objective:
     guide: Callable
     name: str = "objective"
     info: dict = field(default_factory=dict)
+    #: abstract signatures whose data flow was checked (``gradients.dataflow``): the check
+    #: traces the program again, once per signature rather than once per call
+    _flow_checked: set = field(default_factory=set, repr=False, compare=False)
 
     # -- parameters
     def _param_sites(self, rng_key, args, kwargs, kind: str = "param") -> dict:
@@ -343,8 +346,12 @@ class Objective:
         records = _unique_names(rec.records)
         laid_out = rec.sums_out or any(r.axis is not None for r in records)
         if laid_out and not is_tagging():  # (the check's own trace is not checked again)
-            check_reads(lambda p, k: self._run(p, k, args, kwargs, mutable)[:2], params,
-                        rng_key)
+            signature = _signature((params, rng_key, args, kwargs, mutable))
+            if signature is None or signature not in self._flow_checked:
+                check_reads(lambda p, k: self._run(p, k, args, kwargs, mutable)[:2], params,
+                            rng_key)
+                if signature is not None:
+                    self._flow_checked.add(signature)
         return value, records, new_mutable
 
     def estimate(self, params, rng_key, *args, **kwargs) -> jax.Array:
@@ -430,6 +437,22 @@ class Objective:
         if not bool(jnp.isfinite(value)):
             raise NonFiniteError(non_finite_message(self, params, rng_key, args, kwargs))
         return value
+
+
+def _signature(inputs):
+    """Hashable shapes, dtypes and static values of ``inputs`` (``None``: unhashable)."""
+    leaves, tree = jax.tree_util.tree_flatten(inputs)
+    key = [tree]
+    for leaf in leaves:
+        if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+            key.append((tuple(leaf.shape), str(leaf.dtype)))
+        else:
+            key.append(leaf)
+    try:
+        hash(tuple(key))
+    except TypeError:
+        return None
+    return tuple(key)
 
 
 def _variance_step(f, params: dict, variance: set):
