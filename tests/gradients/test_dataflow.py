@@ -61,7 +61,8 @@ def _plated(total):
 @pytest.mark.parametrize("wrap,kind,label,axis", [
     (handlers.enumerate, "b", "BernoulliProbs", "enum:a"),
     (handlers.mvd, "b", "BernoulliProbs", "mvd:a"),
-    (handlers.mvd, "p", "Poisson", "mvd:a")])
+    (handlers.mvd, "p", "Poisson", "mvd:a"),
+    (handlers.disarm, "b", "BernoulliProbs", "disarm:a")])
 def test_cost_summing_a_laid_out_site_over_every_dim_is_refused(wrap, kind, label, axis):
     model, guide = _plated(jnp.sum)
     obj = estimators.elbo(model, wrap(guide, sites=["a"]))
