@@ -49,7 +49,7 @@ from numpyro.primitives import Messenger
 
 from stackvi.axes import PARTICLES
 from stackvi.estimators.signals import LearningSignal
-from stackvi.gradients.dataflow import check_reads, is_tagging
+from stackvi.gradients.dataflow import analyse, is_tagging
 from stackvi.gradients.dice import any_order_surrogate
 from stackvi.gradients.records import SiteRecord, current_recorder, recording
 from stackvi.gradients.scoring import model_density, score_model
@@ -262,9 +262,9 @@ class Objective:
     guide: Callable
     name: str = "objective"
     info: dict = field(default_factory=dict)
-    #: abstract signatures whose data flow was checked (``gradients.dataflow``): the check
-    #: traces the program again, once per signature rather than once per call
-    _flow_checked: set = field(default_factory=set, repr=False, compare=False)
+    #: abstract signature of the inputs -> the program's data-flow analysis
+    #: (``gradients.dataflow.analyse``): it traces the program again, once per signature
+    _flow: dict = field(default_factory=dict, repr=False, compare=False)
 
     # -- parameters
     def _param_sites(self, rng_key, args, kwargs, kind: str = "param") -> dict:
@@ -344,15 +344,37 @@ class Objective:
         if mutable is not None:
             new_mutable = {**mutable, **subs.mutable_out}
         records = _unique_names(rec.records)
-        laid_out = rec.sums_out or any(r.axis is not None for r in records)
-        if laid_out and not is_tagging():  # (the check's own trace is not checked again)
-            signature = _signature((params, rng_key, args, kwargs, mutable))
-            if signature is None or signature not in self._flow_checked:
-                check_reads(lambda p, k: self._run(p, k, args, kwargs, mutable)[:2], params,
-                            rng_key)
-                if signature is not None:
-                    self._flow_checked.add(signature)
+        if not is_tagging():  # (the analysis' own trace of the program is not analysed again)
+            records = self._analysed(value, records, rec.sums_out, params, rng_key, args, kwargs,
+                                     mutable)
         return value, records, new_mutable
+
+    def _analysed(self, value, records, sums_out, params, rng_key, args, kwargs, mutable):
+        """``records`` with what the program's data flow shows (``gradients.dataflow``):
+        laid-out axes checked, and the terms a score-function sample cannot reach added to
+        its ``upstream``. The program is traced once more, once per abstract signature."""
+        laid_out = sums_out or any(r.axis is not None for r in records)
+        scored = isinstance(value, Terms) and any(r.axis is None for r in records)
+        if not (laid_out or scored):
+            return records
+        signature = _signature((params, rng_key, args, kwargs, mutable))
+        found = self._flow.get(signature) if signature is not None else None
+        if found is None:
+            found = analyse(lambda p, k: self._run(p, k, args, kwargs, mutable)[:2], params,
+                            rng_key)
+            if signature is not None:
+                self._flow[signature] = found
+        if not isinstance(value, Terms) or (found.num_terms, len(found.unreached)) != (
+                len(value.terms), len(records)):
+            return records  # not traced, or not the same structure: program order only
+        terms = value.terms
+        out = []
+        for record, unreached in zip(records, found.unreached, strict=True):
+            if unreached:
+                keys = {terms[i].source for i in unreached if terms[i].source is not None}
+                record = record._replace(upstream=record.upstream | frozenset(keys))
+            out.append(record)
+        return out
 
     def estimate(self, params, rng_key, *args, **kwargs) -> jax.Array:
         """A Monte Carlo estimate of the objective."""

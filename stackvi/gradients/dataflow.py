@@ -1,22 +1,29 @@
-"""Which laid-out sites each term reads: a data-flow check on the program's jaxpr.
+"""What each term reads: data flow on the program's jaxpr, for two jobs.
 
-An enumerated or branched site (``enumerate``, ``mvd``, ``disarm``, …) takes all
-its values at once, laid out along an axis of its own, and every cost computed
-from it must keep that axis: entry *k* of the cost is the cost at entry *k* of
-the site. A cost that reduces the axis away — ``jnp.sum(a)`` or ``a.sum()``
-over a plated site, where ``a.sum(-1)`` was meant — mixes the support values
-(or the branches) into one number, and its named axes no longer show that it
-read the site at all: the estimate would be silently wrong (Pyro and NumPyro
-trust the user here). Shapes cannot tell, data flow can.
+**Laid-out axes are kept.** An enumerated or branched site (``enumerate``,
+``mvd``, ``disarm``, …; or a site the model sums out) takes all its values at
+once, laid out along an axis of its own, and every cost computed from it must
+keep that axis: entry *k* of the cost is the cost at entry *k* of the site. A
+cost that reduces the axis away — ``jnp.sum(a)`` or ``a.sum()`` over a plated
+site, where ``a.sum(-1)`` was meant — mixes the support values (or the
+branches) into one number, and its named axes no longer show that it read the
+site at all: the estimate would be silently wrong (Pyro and NumPyro trust the
+user here). Shapes cannot tell; data flow can: a ``ValueError`` names the
+term, the site, its distribution and its strategy.
 
-So when some site is laid out, :func:`check_reads` traces the program once
-more (``jax.make_jaxpr``: tracing only, nothing runs and the compiled step is
-unchanged) with every laid-out value passed through an identity tagged with
-its axis (:func:`tag`, ``jax.ad_checkpoint.checkpoint_name``), reads off the
-jaxpr which tags each term's array is reachable from (:func:`reads`, through
-``pjit``, ``scan``, ``cond``, ``while`` and custom-derivative calls), and
-raises a ``ValueError`` naming the term, the site and its distribution when a
-term reads a site but lacks its axis.
+**Score-function signals leave out what a sample cannot reach.** Program
+order (:mod:`stackvi.gradients.structure`) already keeps terms computed
+*before* a sample out of its learning signal; data flow also drops the later
+terms that do not read it (an independent site's observation), as NumPyro's
+``TraceGraph_ELBO`` does by provenance tracking: less variance, same mean.
+
+:func:`analyse` traces the program once more (``jax.make_jaxpr``: tracing
+only, nothing runs and the compiled step is unchanged) with every laid-out
+value and every score-function sample passed through an identity tagged with
+its axis (:func:`tag`, ``jax.ad_checkpoint.checkpoint_name``), and reads off
+the jaxpr which tags each term's array is reachable from (:func:`reads`,
+through ``pjit``, ``scan``, ``cond``, ``while`` and custom-derivative calls;
+any other primitive's outputs read all its inputs, conservatively).
 
 >>> import jax.numpy as jnp
 >>> def program(a):
@@ -32,15 +39,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import jax
 from jax.ad_checkpoint import checkpoint_name
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
 
-__all__ = ["tag", "tagging", "is_tagging", "probe", "model_axis", "reads", "check_reads"]
+__all__ = ["tag", "tagging", "is_tagging", "probe", "model_axis", "score_axis", "reads",
+           "analyse", "Flow"]
 
 _PREFIX = "stackvi-layout:"
 _MODEL = "sum:"  # tags of the sites the model sums out
+_SCORE = "score:"  # tags of score-function samples (not laid out)
 EMPTY: frozenset = frozenset()
 
 
@@ -57,7 +67,7 @@ _TAGGING: list[_Tags] = []  # a stack while one analysis trace runs, like NumPyr
 
 @contextmanager
 def tagging():
-    """Tag laid-out values in this block (the analysis trace of :func:`check_reads`)."""
+    """Tag laid-out values and samples in this block (the analysis trace of :func:`analyse`)."""
     tags = _Tags()
     _TAGGING.append(tags)
     try:
@@ -172,34 +182,56 @@ _UNTRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConver
                 jax.errors.TracerIntegerConversionError, jax.errors.TracerBoolConversionError)
 
 
-def check_reads(run: Callable, params, rng_key) -> None:
-    """Refuse a term that reads a laid-out site but has lost the site's axis.
+def score_axis(trace, site: str) -> str:
+    """The tag of a score-function sample (its trace's token and its name)."""
+    return f"{_SCORE}{trace}:{site}"
 
-    ``run(params, rng_key) -> (Terms, records)`` is the program. It is traced
-    once more under :func:`tagging`; its terms and records are checked against
+
+class Flow(NamedTuple):
+    """What :func:`analyse` found: ``unreached[j]`` for record ``j`` (see there)."""
+
+    num_terms: int
+    unreached: tuple
+
+
+def analyse(run: Callable, params, rng_key) -> Flow:
+    """Check the laid-out sites' axes; return, per record, the terms its sample cannot reach.
+
+    ``run(params, rng_key) -> (value, records)`` is the program. It is traced
+    once more under :func:`tagging`. Its terms and records are checked against
     the axes of the guide's laid-out sites, and the model's factors registered
-    with :func:`probe` also against the model's summed-out sites.
+    with :func:`probe` also against the model's summed-out sites: an array that
+    reads a site but lacks its axis is a ``ValueError``.
+
+    ``unreached`` has one entry per record: for a sample that is not laid out
+    (``reinforce`` and the other score-function rules), the indices of the
+    value's terms that do not read it — directly or through the weights of an
+    enumerated site whose distribution reads it, which the surrogate contracts
+    outside the program — and that therefore cannot depend on it (NumPyro's
+    ``TraceGraph_ELBO`` finds the same by provenance tracking); ``None`` where
+    that is not known; it is empty when the program could not be traced.
     """
 
     def arrays(p, k):
         with tagging() as tags:
             v, recs = run(p, k)
-        found.append(tags)
-        checked = [(t.array, t.names, t.label) for t in getattr(v, "terms", ())]
+        terms = list(getattr(v, "terms", ()))
+        found.append((tags, terms, recs))
+        checked = [(t.array, t.names, t.label) for t in terms]
         checked += [(r.log_prob.array, r.log_prob.names, f"log q({r.name})") for r in recs]
         tags.probes[:0] = [(a, frozenset(map(str, n)), label, False) for a, n, label in checked]
         return [pr[0] for pr in tags.probes]
 
-    found: list[_Tags] = []
+    found: list = []
     try:
         reached = reads(arrays, params, rng_key)
     except _UNTRACEABLE:
-        return  # the program needs the support concrete: no jaxpr to read (docs/design.md)
-    tags = found[-1]
+        return Flow(-1, ())  # the support is needed concrete: no jaxpr to read (design.md)
+    tags, terms, recs = found[-1]
     for (_, axes, label, model_too), got in zip(tags.probes, reached, strict=True):
         for axis in sorted(got - axes):
-            if axis.startswith(_MODEL) and not model_too:
-                continue  # terms after the model's sum: those axes are contracted by design
+            if axis.startswith(_SCORE) or (axis.startswith(_MODEL) and not model_too):
+                continue  # samples are not laid out; terms after the model's sum lose its axes
             site, dist, how = tags.sites[axis]
             raise ValueError(
                 f"term '{label}' reads site '{site}' ({dist}, {how}) but has lost its axis "
@@ -210,3 +242,27 @@ def check_reads(run: Callable, params, rng_key) -> None:
                 "plated site cannot be laid out in parallel at all: use reinforce for "
                 f"'{site}' (sample it in the guide if the model sums it out)."
             )
+    term_reads = reached[:len(terms)]
+    weights = {str(r.axis): reached[len(terms) + j] for j, r in enumerate(recs)
+               if r.axis is not None and r.kind == "enumerate"}
+    term_reads = [_through_weights(got, weights) for got in term_reads]
+    return Flow(len(terms), tuple(_unreached(r, terms, term_reads, tags) for r in recs))
+
+
+def _through_weights(got: frozenset, weights: dict) -> frozenset:
+    """What a term reads once the surrogate weights it by the enumerated sites it reads."""
+    while True:
+        more = _union(weights[a] for a in got if a in weights) - got
+        if not more:
+            return got
+        got = got | more
+
+
+def _unreached(record, terms, term_reads, tags):
+    tag_ = score_axis(record.trace, record.name)
+    if record.axis is not None or tag_ not in tags.sites:
+        return None
+    own = [i for i, t in enumerate(terms) if t.source == (record.trace, record.name)]
+    if not own or not all(tag_ in term_reads[i] for i in own):
+        return None  # the value the program read is not the tagged sample: assume nothing
+    return frozenset(i for i, got in enumerate(term_reads) if tag_ not in got)

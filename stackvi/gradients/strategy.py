@@ -41,6 +41,7 @@ import numpyro.distributions as dist
 from numpyro.handlers import trace
 from numpyro.primitives import Messenger
 
+from stackvi.gradients.dataflow import score_axis, tag
 from stackvi.gradients.records import SiteRecord, current_recorder
 
 __all__ = ["Strategy", "register", "STRATEGIES", "simulate", "claim", "dist_name", "unwrapped",
@@ -311,7 +312,12 @@ class _resolve(Messenger):
         cls.validate(msg, f"infer={{'strategy': '{name}'}}")
         cls.transform(msg)
         if not self.in_scan:
-            self._record(cls, msg)
+            record = self._record(cls, msg)
+            if record is not None and record.axis is None:
+                # the sample as every later line reads it (inner handlers, e.g. trace, copy
+                # it after us): the data-flow analysis finds the terms it cannot reach
+                msg["value"] = tag(msg["value"], score_axis(self.token, msg["name"]),
+                                   msg["name"], dist_name(msg), f"claimed by {name}")
 
     def _record(self, cls, msg):
         rec = current_recorder()
@@ -319,6 +325,8 @@ class _resolve(Messenger):
             record = cls.record(msg)
             if record is not None:
                 rec.add(record._replace(trace=self.token))
+                return record
+        return None
 
 
 def simulate(fn: Callable, *args, **kwargs) -> Trace:

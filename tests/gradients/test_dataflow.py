@@ -17,6 +17,7 @@ import pytest
 
 from stackvi import estimators, handlers
 from stackvi.gradients.dataflow import reads, tag, tagging
+from tests.conftest import assert_unbiased, per_key
 
 
 def _sets(found):
@@ -133,3 +134,61 @@ def test_model_side_sum_over_every_dim_is_refused_and_the_plate_form_is_exact():
                                   jnp.log(0.6) + dist.Normal(0.0, 1.0).log_prob(y)))
     value = jax.jit(estimators.elbo(plated, lambda: None).estimate)({}, jax.random.PRNGKey(0))
     np.testing.assert_allclose(value, exact, rtol=1e-6)
+
+
+def _independent_pair(x1):
+    def model():
+        b0 = numpyro.sample("b0", dist.Bernoulli(0.3))
+        numpyro.sample("x0", dist.Normal(2.0 * b0, 1.0), obs=0.4)
+        b1 = numpyro.sample("b1", dist.Bernoulli(0.6))
+        numpyro.sample("x1", dist.Normal(5.0 * b1, 1.0), obs=x1)
+
+    def guide():
+        numpyro.sample("b0", dist.Bernoulli(logits=numpyro.param("l0", 0.2)))
+        numpyro.sample("b1", dist.Bernoulli(logits=numpyro.param("l1", -0.1)))
+
+    return model, guide
+
+
+def test_signal_leaves_out_later_terms_the_sample_cannot_reach():
+    """b0's learning signal has only b0's own terms: the later, independent b1 and x1 (far
+    off, so they vary wildly) leave b0's gradient unchanged, draw by draw — program order
+    alone would put them in. b1's gradient does change: x1 is in its signal."""
+    params = {"l0": jnp.array(0.2), "l1": jnp.array(-0.1)}
+    grads = {}
+    for x1 in (0.5, 40.0):
+        obj = estimators.elbo(*_independent_pair(x1))
+        keys = jax.random.split(jax.random.PRNGKey(0), 64)
+        grads[x1] = jax.jit(jax.vmap(lambda k, o=obj: o.value_and_grad(params, k)[1]))(keys)
+    np.testing.assert_array_equal(grads[0.5]["l0"], grads[40.0]["l0"])
+    assert not np.allclose(grads[0.5]["l1"], grads[40.0]["l1"])
+
+
+def test_signal_keeps_terms_reached_through_an_enumerated_site():
+    """b1 enumerated with q(b1 | b0): x1 does not read b0's value, but its weight q(b1 | b0)
+    does, so x1 stays in b0's signal (leaving it out would bias the gradient)."""
+    def model():
+        numpyro.sample("b0", dist.Bernoulli(0.3))
+        b1 = numpyro.sample("b1", dist.Bernoulli(0.6))
+        numpyro.sample("x1", dist.Normal(3.0 * b1, 1.0), obs=2.5)
+
+    def guide():
+        b0 = numpyro.sample("b0", dist.Bernoulli(logits=numpyro.param("l0", 0.2)))
+        numpyro.sample("b1", dist.Bernoulli(jnp.where(b0 == 1, 0.9, 0.2)))
+
+    def exact(l0):
+        out = 0.0
+        q0 = jax.nn.sigmoid(l0)
+        for b0 in (0, 1):
+            p1 = 0.9 if b0 else 0.2
+            for b1 in (0, 1):
+                q = (q0 if b0 else 1 - q0) * (p1 if b1 else 1 - p1)
+                lp = (jnp.log(0.3 if b0 else 0.7) + jnp.log(0.6 if b1 else 0.4)
+                      + dist.Normal(3.0 * b1, 1.0).log_prob(2.5))
+                out = out + q * (lp - jnp.log(q))
+        return out
+
+    obj = estimators.elbo(model, handlers.enumerate(guide, sites=["b1"]))
+    params = {"l0": jnp.array(0.2)}
+    values, grads = per_key(obj, params, 4000)
+    assert_unbiased(grads["l0"], jax.grad(exact)(0.2), "gradient through q(b1 | b0)")
