@@ -54,6 +54,7 @@ from stackvi.gradients.dice import any_order_surrogate
 from stackvi.gradients.records import SiteRecord, current_recorder, recording
 from stackvi.gradients.scoring import model_density, score_model
 from stackvi.gradients.strategy import simulate
+from stackvi.gradients.structure import apply_pooling
 from stackvi.gradients.surrogate import estimate as _estimate
 from stackvi.gradients.surrogate import scalar_value, surrogate
 from stackvi.handlers.density import trace_terms
@@ -345,8 +346,8 @@ class Objective:
             new_mutable = {**mutable, **subs.mutable_out}
         records = _unique_names(rec.records)
         if not is_tagging():  # (the analysis' own trace of the program is not analysed again)
-            records = self._analysed(value, records, rec.sums_out, params, rng_key, args, kwargs,
-                                     mutable)
+            records = apply_pooling(self._analysed(value, records, rec.sums_out, params,
+                                                   rng_key, args, kwargs, mutable))
         return value, records, new_mutable
 
     def _analysed(self, value, records, sums_out, params, rng_key, args, kwargs, mutable):
@@ -369,10 +370,13 @@ class Objective:
             return records  # not traced, or not the same structure: program order only
         terms = value.terms
         out = []
-        for record, unreached in zip(records, found.unreached, strict=True):
+        for record, unreached, pooled in zip(records, found.unreached, found.pooled,
+                                             strict=True):
             if unreached:
                 keys = {terms[i].source for i in unreached if terms[i].source is not None}
                 record = record._replace(upstream=record.upstream | frozenset(keys))
+            if pooled is not None:
+                record = record._replace(pooled=pooled)
             out.append(record)
         return out
 

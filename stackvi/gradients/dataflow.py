@@ -188,10 +188,11 @@ def score_axis(trace, site: str) -> str:
 
 
 class Flow(NamedTuple):
-    """What :func:`analyse` found: ``unreached[j]`` for record ``j`` (see there)."""
+    """What :func:`analyse` found for each record ``j``: ``unreached[j]`` and ``pooled[j]``."""
 
     num_terms: int
     unreached: tuple
+    pooled: tuple = ()
 
 
 def analyse(run: Callable, params, rng_key) -> Flow:
@@ -210,6 +211,9 @@ def analyse(run: Callable, params, rng_key) -> Flow:
     outside the program — and that therefore cannot depend on it (NumPyro's
     ``TraceGraph_ELBO`` finds the same by provenance tracking); ``None`` where
     that is not known; it is empty when the program could not be traced.
+    ``pooled[j]``: of the record's ``pooled`` plates, those some term lacking
+    that plate reads the sample through (the others need no pooling: nothing
+    outside the plate mixes its elements); ``None`` where not known.
     """
 
     def arrays(p, k):
@@ -246,7 +250,17 @@ def analyse(run: Callable, params, rng_key) -> Flow:
     weights = {str(r.axis): reached[len(terms) + j] for j, r in enumerate(recs)
                if r.axis is not None and r.kind == "enumerate"}
     term_reads = [_through_weights(got, weights) for got in term_reads]
-    return Flow(len(terms), tuple(_unreached(r, terms, term_reads, tags) for r in recs))
+    unreached = tuple(_unreached(r, terms, term_reads, tags) for r in recs)
+    pooled = tuple(None if u is None else _pooled(r, terms, term_reads)
+                   for r, u in zip(recs, unreached, strict=True))
+    return Flow(len(terms), unreached, pooled)
+
+
+def _pooled(record, terms, term_reads) -> frozenset:
+    tag_ = score_axis(record.trace, record.name)
+    return frozenset(p for p in record.pooled
+                     if any(tag_ in got and p not in t.names
+                            for t, got in zip(terms, term_reads, strict=True)))
 
 
 def _through_weights(got: frozenset, weights: dict) -> frozenset:

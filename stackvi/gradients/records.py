@@ -51,6 +51,10 @@ class SiteRecord(NamedTuple):
     ``variance_params`` names parameters (a strategy's control variate, e.g.
     ``relax``'s) that the objective trains to minimise the gradient estimator's
     variance instead of maximising the objective (``Objective.value_and_grad``).
+    ``pooled`` names plates whose elements a later guide site may mix
+    (:func:`~stackvi.gradients.structure.pool_shared_plates`): the objective sums
+    ``log_prob`` over them (:func:`~stackvi.gradients.structure.apply_pooling`)
+    unless the program's data flow shows nothing outside them reads the sample.
     """
 
     name: str
@@ -63,6 +67,7 @@ class SiteRecord(NamedTuple):
     static: Any = None
     trace: int | None = None
     variance_params: frozenset = frozenset()
+    pooled: frozenset = frozenset()
 
     def with_axis(self, axis) -> SiteRecord:
         """The same record after a leading axis ``axis`` was stacked on (by ``vmap``)."""
@@ -75,13 +80,13 @@ class SiteRecord(NamedTuple):
 
 def _flatten(r: SiteRecord):
     return (r.log_prob, r.extra), (r.name, r.kind, r.baseline, r.upstream, r.axis, r.static,
-                                   r.trace, r.variance_params)
+                                   r.trace, r.variance_params, r.pooled)
 
 
 def _unflatten(aux, children):
-    name, kind, baseline, upstream, axis, static, trace, variance_params = aux
+    name, kind, baseline, upstream, axis, static, trace, variance_params, pooled = aux
     return SiteRecord(name, children[0], kind, baseline, upstream, axis, tuple(children[1]),
-                      static, trace, variance_params)
+                      static, trace, variance_params, pooled)
 
 
 jax.tree_util.register_pytree_node(SiteRecord, _flatten, _unflatten)

@@ -8,7 +8,9 @@ Two facts about each non-pathwise site, both read off traces by the library
   only if nothing downstream mixes the elements. A guide site sampled later
   *outside* that plate (``z ~ q(z | mean(b))``) may depend on every element,
   and then so may every cost: the record is summed over that plate (plain
-  REINFORCE along it; unbiased, less Rao-Blackwellized).
+  REINFORCE along it; unbiased, less Rao-Blackwellized) — unless the
+  objective's data-flow analysis shows that no term outside the plate reads
+  the sample (:mod:`stackvi.gradients.dataflow`).
 * **Upstream terms** (:func:`mark_upstream`, when a model is scored against a
   guide trace). By program order, as NumPyro's ``TraceGraph_ELBO`` does by
   provenance: ``log q(w)`` for ``w`` sampled before ``z`` in the guide, and
@@ -26,7 +28,7 @@ import jax.numpy as jnp
 from stackvi.gradients.records import Recorder
 from stackvi.terms import Term
 
-__all__ = ["pool_shared_plates", "mark_upstream"]
+__all__ = ["pool_shared_plates", "apply_pooling", "mark_upstream"]
 
 
 def _latent_order(tr: dict) -> list[str]:
@@ -34,7 +36,8 @@ def _latent_order(tr: dict) -> list[str]:
 
 
 def pool_shared_plates(rec: Recorder, start: int, guide_trace: dict) -> None:
-    """Sum ``rec.records[start:]`` over plates whose elements a later guide site may mix."""
+    """Mark ``rec.records[start:]`` to be summed over plates whose elements a later guide site
+    may mix (``SiteRecord.pooled``; the objective sums them, :func:`apply_pooling`)."""
     order = _latent_order(guide_trace)
     plates = {n: {f.name for f in guide_trace[n]["cond_indep_stack"]} for n in order}
     for i in range(start, len(rec.records)):
@@ -45,10 +48,22 @@ def pool_shared_plates(rec: Recorder, start: int, guide_trace: dict) -> None:
         own = plates[record.name]
         pooled = {p for p in term.names if p in own and any(p not in plates[w] for w in later)}
         if pooled:
-            axes = tuple(k for k, p in enumerate(term.names) if p in pooled)
-            kept = tuple(p for p in term.names if p not in pooled)
-            rec.records[i] = record._replace(
-                log_prob=Term(term.label, jnp.sum(term.array, axes), kept, term.source))
+            rec.records[i] = record._replace(pooled=frozenset(pooled))
+
+
+def apply_pooling(records: list) -> list:
+    """Each record's ``log_prob`` summed over its ``pooled`` plates (then none are left)."""
+    out = []
+    for record in records:
+        term = record.log_prob
+        if record.pooled:
+            axes = tuple(k for k, p in enumerate(term.names) if p in record.pooled)
+            kept = tuple(p for p in term.names if p not in record.pooled)
+            record = record._replace(
+                log_prob=Term(term.label, jnp.sum(term.array, axes), kept, term.source),
+                pooled=frozenset())
+        out.append(record)
+    return out
 
 
 def mark_upstream(rec: Recorder, guide_trace, model_trace) -> None:

@@ -192,3 +192,48 @@ def test_signal_keeps_terms_reached_through_an_enumerated_site():
     params = {"l0": jnp.array(0.2)}
     values, grads = per_key(obj, params, 4000)
     assert_unbiased(grads["l0"], jax.grad(exact)(0.2), "gradient through q(b1 | b0)")
+
+
+def _plate_then_global(x_w):
+    def model():
+        with numpyro.plate("i", 3):
+            b = numpyro.sample("b", dist.Bernoulli(0.4))
+            numpyro.sample("x", dist.Normal(2.0 * b, 1.0), obs=jnp.array([0.3, 1.8, -0.4]))
+        w = numpyro.sample("w", dist.Bernoulli(0.5))
+        numpyro.sample("y", dist.Normal(6.0 * w, 1.0), obs=x_w)
+
+    def guide():
+        with numpyro.plate("i", 3):
+            numpyro.sample("b", dist.Bernoulli(logits=numpyro.param("lb", jnp.zeros(3) + 0.1)))
+        numpyro.sample("w", dist.Bernoulli(logits=numpyro.param("lw", 0.2)))  # reads no b
+
+    return model, guide
+
+
+def test_plate_not_pooled_when_no_later_site_reads_it():
+    """A later guide site outside the plate that does not read b (w) does not mix b's
+    elements: b keeps per-element signals (program order alone pools it over the plate).
+    Element i's gradient then depends only on x_i's term: changing x_1 leaves elements 0
+    and 2 unchanged, draw by draw; and w's far-off observation never enters."""
+    params = {"lb": jnp.zeros(3) + 0.1, "lw": jnp.array(0.2)}
+    keys = jax.random.split(jax.random.PRNGKey(0), 64)
+    got = []
+    for x_w in (0.5, 40.0):
+        obj = estimators.elbo(*_plate_then_global(x_w))
+        got.append(jax.jit(jax.vmap(lambda k, o=obj: o.value_and_grad(params, k)[1]))(keys))
+    np.testing.assert_array_equal(got[0]["lb"], got[1]["lb"])
+    assert not np.allclose(got[0]["lw"], got[1]["lw"])
+    # the plated gradient is per element: its variance is that of one element's signal
+    assert np.var(got[0]["lb"], axis=0).max() < 5.0
+
+
+def test_plate_pooled_when_a_later_site_reads_it():
+    """The mixing guide (z ~ q(z | mean(b)), tests/estimators/test_elbo.py) still pools: its
+    records carry the plate in ``pooled``, and the analysis keeps it."""
+    from tests.estimators.test_elbo import XD, mix_guide, mix_model
+
+    obj = estimators.elbo(mix_model, mix_guide)
+    eta = {"eta": jnp.array([-0.5, 0.3, 0.8])}
+    _, records = obj.run(eta, jax.random.PRNGKey(0), XD)
+    (b,) = [r for r in records if r.name == "b"]
+    assert "d" not in b.log_prob.names  # summed over the plate
