@@ -131,3 +131,24 @@ def get_shift(name: str) -> int:
 
 def shift_name(name: str, t: int) -> str:
     return _markov_helpers()[2](name, t)
+
+
+# The site NumPyro was processing when an error was raised: read off the traceback's frames
+# of ``numpyro.primitives.apply_stack`` (its local ``msg``; internals, checked to exist).
+def failing_site(exc: BaseException) -> dict | None:
+    """The innermost NumPyro site message being processed where ``exc`` was raised."""
+    import numpyro.primitives
+
+    if "msg" not in numpyro.primitives.apply_stack.__code__.co_varnames:
+        return None  # a NumPyro whose apply_stack we do not know: no site to name
+    subsample = numpyro.primitives.plate._subsample.__code__  # a plate's size and dim checks
+    found, tb = None, exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if (frame.f_code is numpyro.primitives.apply_stack.__code__
+                and isinstance(frame.f_locals.get("msg"), dict)):
+            found = frame.f_locals["msg"]
+        elif frame.f_code is subsample and isinstance(frame.f_locals.get("name"), str):
+            found = {"type": "plate", "name": frame.f_locals["name"]}
+        tb = tb.tb_next
+    return found

@@ -36,6 +36,7 @@ from __future__ import annotations
 import warnings
 import zlib
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,13 +48,14 @@ from numpyro.distributions import biject_to, constraints
 from numpyro.handlers import replay, seed, trace
 from numpyro.primitives import Messenger
 
+from stackvi._compat import failing_site
 from stackvi.axes import PARTICLES
 from stackvi.estimators.signals import LearningSignal
 from stackvi.gradients.dataflow import analyse, is_tagging
 from stackvi.gradients.dice import any_order_surrogate
 from stackvi.gradients.records import SiteRecord, current_recorder, recording
 from stackvi.gradients.scoring import model_density, score_model
-from stackvi.gradients.strategy import simulate
+from stackvi.gradients.strategy import dist_name, simulate
 from stackvi.gradients.structure import apply_pooling
 from stackvi.gradients.surrogate import estimate as _estimate
 from stackvi.gradients.surrogate import scalar_value, surrogate
@@ -270,8 +272,10 @@ class Objective:
     # -- parameters
     def _param_sites(self, rng_key, args, kwargs, kind: str = "param") -> dict:
         k1, k2 = random.split(rng_key)
-        guide_trace = trace(seed(self.guide, k1)).get_trace(*args, **kwargs)
-        model_trace = trace(seed(replay(self.model, guide_trace), k2)).get_trace(*args, **kwargs)
+        with _naming_sites():
+            guide_trace = trace(seed(self.guide, k1)).get_trace(*args, **kwargs)
+            model_trace = trace(seed(replay(self.model, guide_trace), k2)).get_trace(
+                *args, **kwargs)
         sites = {n: s for n, s in guide_trace.items() if s["type"] == kind}
         sites.update({n: s for n, s in model_trace.items() if s["type"] == kind})
         return sites
@@ -331,7 +335,8 @@ class Objective:
                             f"got {type(params).__name__}.")
         subs = substitute_params(params=params, mutable=mutable)
         with subs, recording() as rec:
-            value = seed(self.program, rng_key)(*args, **kwargs)
+            with _naming_sites():
+                value = seed(self.program, rng_key)(*args, **kwargs)
         if not isinstance(value, (Terms, LearningSignal)):
             scalar_value(value)  # a program's value is checked before anything it leaves unused
         unknown = sorted(set(params) - subs.used)
@@ -463,6 +468,39 @@ class Objective:
         if not bool(jnp.isfinite(value)):
             raise NonFiniteError(non_finite_message(self, params, rng_key, args, kwargs))
         return value
+
+
+_PLAIN_ERRORS = (ValueError, TypeError, IndexError, AssertionError)
+
+
+@contextmanager
+def _naming_sites():
+    """A plain error NumPyro raises while it processes a site (a plate's shape or dim check,
+    a distribution's broadcasting) is re-raised naming that site (and keeps it as cause)."""
+    try:
+        yield
+    except _PLAIN_ERRORS as err:
+        named = _naming_site(err)
+        if named is err:
+            raise
+        raise named from err
+
+
+def _naming_site(err: Exception) -> Exception:
+    msg = failing_site(err)
+    if type(err) not in _PLAIN_ERRORS or msg is None:
+        return err
+    name = msg.get("name")
+    if f"'{name}'" in str(err):
+        return err
+    what = msg.get("type", "sample")
+    if what == "sample" and msg.get("fn") is not None:
+        what = f"sample site '{name}' ({dist_name(msg)})"
+    else:
+        what = f"{what} '{name}'"
+    detail = str(err) or "NumPyro's own check failed (an assertion without a message)"
+    return type(err)(f"{what}: {detail}; check its shape against its plates (plate sizes, "
+                     "dims, .to_event()).")
 
 
 def _signature(inputs):

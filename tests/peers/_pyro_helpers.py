@@ -38,7 +38,7 @@ EXACT_STRATEGIES = ("enumerate",)
 
 def wrap(guide, strategy: str, sites):
     """``guide`` with ``strategy`` claimed for ``sites`` (``"default"``: unchanged)."""
-    sites = list(sites)
+    sites = sites if callable(sites) else list(sites)
     if strategy == "default":
         return guide
     if strategy == "reinforce":
