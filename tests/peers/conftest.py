@@ -422,14 +422,13 @@ def _assert_estimates(samples, exact, what: str, atol: float) -> None:
 def pytest_collection_modifyitems(config, items):
     """The full peer matrices (``slow`` cases of tests/peers) also carry ``peers_matrix``.
 
-    CI's slow stage (``.ci/run``) runs a file's matrix once every case of it has
-    been run against the current gradient layer and its strict-xfail marks
-    updated: so far ``test_numpyro_gradient.py`` (44 pass). Re-run after the
-    gradient-layer redesign, not yet complete (their strict xfails were re-run,
-    most of their other cases not): ``test_numpyro_enum_elbo.py`` (5 xfails not
-    re-run), ``test_pyro_enum.py``, ``test_pyro_valid_models.py``,
-    ``test_genjax_adev.py``, ``test_pyro_inference.py`` (9 of 24 cases re-run,
-    all pass). Run them with ``pytest -m peers_matrix``.
+    Every matrix was re-run against the current gradient layer (data-flow signals and
+    checks included) and passes, its strict xfails and expected refusals updated. CI's
+    slow stage (``.ci/run``) runs those that fit its time budget: ``test_numpyro_gradient.py``,
+    ``test_numpyro_enum_elbo.py`` and ``test_pyro_valid_models.py`` (about 12 min on two
+    cores); the others (``test_pyro_enum.py``, ``test_genjax_adev.py``,
+    ``test_pyro_inference.py``, about 20 min more) are run by hand with
+    ``pytest -n 2 -m peers_matrix tests/peers``.
     """
     for item in items:
         if "tests/peers/" in str(item.fspath) and item.get_closest_marker("slow"):
