@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 from jax.ad_checkpoint import checkpoint_name
@@ -195,6 +195,19 @@ class Flow(NamedTuple):
     pooled: tuple = ()
 
 
+class _Term(NamedTuple):
+    names: tuple
+    source: Any
+
+
+class _Record(NamedTuple):
+    name: str
+    trace: Any
+    axis: Any
+    kind: str
+    pooled: frozenset
+
+
 def analyse(run: Callable, params, rng_key) -> Flow:
     """Check the laid-out sites' axes; return, per record, the terms its sample cannot reach.
 
@@ -220,23 +233,28 @@ def analyse(run: Callable, params, rng_key) -> Flow:
         with tagging() as tags:
             v, recs = run(p, k)
         terms = list(getattr(v, "terms", ()))
-        found.append((tags, terms, recs))
         checked = [(t.array, t.names, t.label) for t in terms]
         checked += [(r.log_prob.array, r.log_prob.names, f"log q({r.name})") for r in recs]
-        tags.probes[:0] = [(a, frozenset(map(str, n)), label, False) for a, n, label in checked]
-        return [pr[0] for pr in tags.probes]
+        probes = [(a, frozenset(map(str, n)), label, False) for a, n, label in checked]
+        probes += tags.probes
+        # metadata only: a tracer kept past this trace would leak (jax.checking_leaks)
+        found.append((dict(tags.sites), [pr[1:] for pr in probes],
+                      [_Term(t.names, t.source) for t in terms],
+                      [_Record(r.name, r.trace, r.axis, r.kind, r.pooled) for r in recs]))
+        tags.probes.clear()
+        return [pr[0] for pr in probes]
 
     found: list = []
     try:
         reached = reads(arrays, params, rng_key)
     except _UNTRACEABLE:
         return Flow(-1, ())  # the support is needed concrete: no jaxpr to read (design.md)
-    tags, terms, recs = found[-1]
-    for (_, axes, label, model_too), got in zip(tags.probes, reached, strict=True):
+    sites, probes, terms, recs = found[-1]
+    for (axes, label, model_too), got in zip(probes, reached, strict=True):
         for axis in sorted(got - axes):
             if axis.startswith(_SCORE) or (axis.startswith(_MODEL) and not model_too):
                 continue  # samples are not laid out; terms after the model's sum lose its axes
-            site, dist, how = tags.sites[axis]
+            site, dist, how = sites[axis]
             raise ValueError(
                 f"term '{label}' reads site '{site}' ({dist}, {how}) but has lost its axis "
                 f"'{axis}', along which the site's values are laid out: the term reduces over "
@@ -250,7 +268,7 @@ def analyse(run: Callable, params, rng_key) -> Flow:
     weights = {str(r.axis): reached[len(terms) + j] for j, r in enumerate(recs)
                if r.axis is not None and r.kind == "enumerate"}
     term_reads = [_through_weights(got, weights) for got in term_reads]
-    unreached = tuple(_unreached(r, terms, term_reads, tags) for r in recs)
+    unreached = tuple(_unreached(r, terms, term_reads, sites) for r in recs)
     pooled = tuple(None if u is None else _pooled(r, terms, term_reads)
                    for r, u in zip(recs, unreached, strict=True))
     return Flow(len(terms), unreached, pooled)
@@ -272,9 +290,9 @@ def _through_weights(got: frozenset, weights: dict) -> frozenset:
         got = got | more
 
 
-def _unreached(record, terms, term_reads, tags):
+def _unreached(record, terms, term_reads, sites):
     tag_ = score_axis(record.trace, record.name)
-    if record.axis is not None or tag_ not in tags.sites:
+    if record.axis is not None or tag_ not in sites:
         return None
     own = [i for i, t in enumerate(terms) if t.source == (record.trace, record.name)]
     if not own or not all(tag_ in term_reads[i] for i in own):
