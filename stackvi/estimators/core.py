@@ -287,17 +287,32 @@ class Objective:
 
     def constrain(self, params: dict, *args, **kwargs) -> dict:
         """Parameters in their constrained space (what the model and guide see)."""
-        sites = self._param_sites(random.PRNGKey(0), args, kwargs)  # for the constraints
         out = {}
-        for name, site in sites.items():
+        for name, constraint in self._param_constraints(args, kwargs).items():
             if name not in params:
                 raise KeyError(f"param site '{name}' is not in the params dict: create params "
                                "with objective.init(rng_key, *args) using the same model, guide "
                                "and arguments.")
-            constraint = site["kwargs"].get("constraint", constraints.real)
             out[name] = params[name] if _is_real(constraint) else biject_to(constraint)(
                 params[name])
         return out
+
+    def _param_constraints(self, args, kwargs) -> dict:
+        """Each param site's constraint, read off an abstract run of model and guide (an
+        eager run would dispatch, and compile, the model's every operation); eagerly only
+        when a constraint depends on a random draw (it then holds a traced value)."""
+        found: dict = {}
+
+        def probe(key):
+            found.update({n: s["kwargs"].get("constraint", constraints.real)
+                          for n, s in self._param_sites(key, args, kwargs).items()})
+            return 0
+
+        jax.eval_shape(probe, random.PRNGKey(0))
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(found)):
+            sites = self._param_sites(random.PRNGKey(0), args, kwargs)
+            found = {n: s["kwargs"].get("constraint", constraints.real) for n, s in sites.items()}
+        return found
 
     def init_mutable(self, rng_key, *args, **kwargs) -> dict:
         """Initial values of the ``numpyro.mutable`` sites (empty when there are none)."""
@@ -363,13 +378,7 @@ class Objective:
         scored = isinstance(value, Terms) and any(r.axis is None for r in records)
         if not (laid_out or scored):
             return records
-        signature = _signature((params, rng_key, args, kwargs, mutable))
-        found = self._flow.get(signature) if signature is not None else None
-        if found is None:
-            found = analyse(lambda p, k: self._run(p, k, args, kwargs, mutable)[:2], params,
-                            rng_key)
-            if signature is not None:
-                self._flow[signature] = found
+        found = self._flow_of(params, rng_key, args, kwargs, mutable)
         if not isinstance(value, Terms) or (found.num_terms, len(found.unreached)) != (
                 len(value.terms), len(records)):
             return records  # not traced, or not the same structure: program order only
@@ -384,6 +393,17 @@ class Objective:
                 record = record._replace(pooled=pooled)
             out.append(record)
         return out
+
+    def _flow_of(self, params, rng_key, args, kwargs, mutable) -> Flow:
+        """``gradients.dataflow.analyse`` of the program, once per abstract signature."""
+        signature = _signature((params, rng_key, args, kwargs, mutable))
+        found = self._flow.get(signature) if signature is not None else None
+        if found is None:
+            found = analyse(lambda p, k: self._run(p, k, args, kwargs, mutable)[:2], params,
+                            rng_key)
+            if signature is not None:
+                self._flow[signature] = found
+        return found
 
     def estimate(self, params, rng_key, *args, **kwargs) -> jax.Array:
         """A Monte Carlo estimate of the objective."""
@@ -400,9 +420,14 @@ class Objective:
         """Initial state: of the baselines (by record name) and, under the key
         :data:`MUTABLE`, the values of ``numpyro.mutable`` sites; empty when neither exists."""
         mutable = self.init_mutable(rng_key, *args, **kwargs) or None
-        _, records, _ = jax.eval_shape(
-            lambda p, k: self._run(p, k, args, kwargs, mutable), params, rng_key)
-        state = {r.name: r.baseline.init_state() for r in records if r.baseline is not None}
+        # The data-flow analysis traces the program anyway (and is cached for the first
+        # real trace): its records name the baselines, so no separate abstract run is needed.
+        baselines = self._flow_of(params, rng_key, args, kwargs, mutable).baselines
+        if baselines is None:  # the program could not be traced for the analysis
+            _, records, _ = jax.eval_shape(
+                lambda p, k: self._run(p, k, args, kwargs, mutable), params, rng_key)
+            baselines = [(r.name, r.baseline) for r in records]
+        state = {name: b.init_state() for name, b in baselines if b is not None}
         if mutable:
             state[MUTABLE] = jax.tree_util.tree_map(jnp.asarray, mutable)
         return state

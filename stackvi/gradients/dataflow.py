@@ -193,6 +193,7 @@ class Flow(NamedTuple):
     num_terms: int
     unreached: tuple
     pooled: tuple = ()
+    baselines: tuple | None = None  # (name, baseline) per record; None: not traced
 
 
 class _Term(NamedTuple):
@@ -206,6 +207,7 @@ class _Record(NamedTuple):
     axis: Any
     kind: str
     pooled: frozenset
+    baseline: Any
 
 
 def analyse(run: Callable, params, rng_key) -> Flow:
@@ -240,16 +242,20 @@ def analyse(run: Callable, params, rng_key) -> Flow:
         # metadata only: a tracer kept past this trace would leak (jax.checking_leaks)
         found.append((dict(tags.sites), [pr[1:] for pr in probes],
                       [_Term(t.names, t.source) for t in terms],
-                      [_Record(r.name, r.trace, r.axis, r.kind, r.pooled) for r in recs]))
+                      [_Record(r.name, r.trace, r.axis, r.kind, r.pooled, r.baseline) for r in recs]))
         tags.probes.clear()
         return [pr[0] for pr in probes]
 
     found: list = []
     try:
-        reached = reads(arrays, params, rng_key)
+        closed = jax.make_jaxpr(arrays)(params, rng_key)
     except _UNTRACEABLE:
         return Flow(-1, ())  # the support is needed concrete: no jaxpr to read (design.md)
     sites, probes, terms, recs = found[-1]
+    baselines = tuple((r.name, r.baseline) for r in recs)
+    if not sites:  # nothing laid out, no score-function sample: nothing to read off
+        return Flow(len(terms), (None,) * len(recs), (None,) * len(recs), baselines)
+    reached = _walk(closed.jaxpr, [EMPTY] * len(closed.jaxpr.invars))
     for (axes, label, model_too), got in zip(probes, reached, strict=True):
         for axis in sorted(got - axes):
             if axis.startswith(_SCORE) or (axis.startswith(_MODEL) and not model_too):
@@ -271,7 +277,7 @@ def analyse(run: Callable, params, rng_key) -> Flow:
     unreached = tuple(_unreached(r, terms, term_reads, sites) for r in recs)
     pooled = tuple(None if u is None else _pooled(r, terms, term_reads)
                    for r, u in zip(recs, unreached, strict=True))
-    return Flow(len(terms), unreached, pooled)
+    return Flow(len(terms), unreached, pooled, baselines)
 
 
 def _pooled(record, terms, term_reads) -> frozenset:
