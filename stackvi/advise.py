@@ -115,8 +115,8 @@ class Advice:
             lines.append(f"| *{name}* | | {r.variance:.4g} | {1e3 * r.seconds:.3g} | "
                          f"{r.score:.4g} |")
         if self.fixed:
-            lines.append(f"\nClaimed by the guide's own handlers (not changed): "
-                         f"{', '.join(self.fixed)}.")
+            lines.append(f"\nKept as they are (claimed by the guide's own handlers, or not "
+                         f"among the sites advised on): {', '.join(self.fixed)}.")
         return "\n".join(lines)
 
     def __str__(self):
@@ -183,10 +183,31 @@ def _measure(objective, params, rng_key, args, kwargs, num_keys, repeats):
 
 
 def advise(objective, params: dict, rng_key, *args, num_keys: int = 256, repeats: int = 20,
-           progress: Callable[[str], Any] | None = None, **kwargs) -> Advice:
-    """Measure every applicable unbiased strategy per site; see the module docstring."""
+           progress: Callable[[str], Any] | None = None,
+           sites: Callable[[dict], bool] | list[str] | None = None, **kwargs) -> Advice:
+    """Measure every applicable unbiased strategy per site; see the module docstring.
+
+    ``sites``: the guide sites to advise on — names, or a selector ``msg -> bool``
+    (as ``handlers.configure`` takes); the others keep their defaults and are listed
+    as fixed. ``None``: every latent guide site. On a large model (AIR) each
+    measurement compiles the whole step, so advising on the sites whose choice
+    matters (the discrete ones) is what fits in minutes.
+    """
     k_sites, k_measure = jax.random.split(rng_key)
-    sites, fixed = _guide_sites(objective, params, k_sites, args, kwargs)
+    found, fixed = _guide_sites(objective, params, k_sites, args, kwargs)
+    if sites is None:
+        wanted = found
+    else:
+        pick = sites if callable(sites) else (lambda msg, names=frozenset(sites):
+                                              msg["name"] in names)
+        wanted = [s for s in found if pick(s)]
+        if not callable(sites):
+            unknown = sorted(set(sites) - {s["name"] for s in found} - set(fixed))
+            if unknown:
+                raise ValueError(f"advise: sites {unknown} are not latent sites of the guide "
+                                 f"(its latent sites: {[s['name'] for s in found]})")
+        fixed = fixed + [s["name"] for s in found if s not in wanted]
+    sites = wanted
     num_particles = int(objective.info.get("num_particles", 1) or 1)
 
     def run(site, choice, choices):

@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gradient draws per configuration (default: 128)")
     a.add_argument("--repeats", type=int, default=10,
                    help="timed steps per configuration (default: 10)")
+    a.add_argument("--sites", nargs="+", metavar="SITE",
+                   help="advise on these guide sites only (default: every latent site); the "
+                   "others keep their defaults")
     return parser
 
 
@@ -259,9 +262,15 @@ def advise_job(a: argparse.Namespace) -> int:
     *_, objective, args, kwargs = _problem(a)
     key = jax.random.PRNGKey(a.seed)
     params = objective.init(key, *args, **kwargs)
-    advice = sv.advise(objective, params, key, *args, num_keys=a.keys, repeats=a.repeats,
-                       progress=lambda s: print(f"stackvi advise: measuring {s}",
-                                                file=sys.stderr, flush=True), **kwargs)
+    try:
+        advice = sv.advise(objective, params, key, *args, num_keys=a.keys, repeats=a.repeats,
+                           progress=lambda s: print(f"stackvi advise: measuring {s}",
+                                                    file=sys.stderr, flush=True),
+                           sites=a.sites, **kwargs)
+    except ValueError as e:
+        if str(e).startswith("advise: sites"):
+            raise CLIError(str(e)) from None
+        raise
     print(advice.table())
     flags = []
     for site, (name, options) in advice.recommended.items():

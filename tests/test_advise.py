@@ -95,3 +95,20 @@ def test_cli_advise_prints_the_table_and_the_fit_options(tmp_path, capsys):
     assert status == 0
     assert "| b | enumerate |" in out or "| b | enumerate **(best)** |" in out
     assert "**(best)**" in out and "recommended: stackvi fit --strategy b=" in out
+
+
+@pytest.mark.slow
+def test_advise_on_selected_sites_only():
+    """``sites=`` restricts the measurements; the other sites keep their defaults (listed as
+    kept); a name that is no latent site of the guide is an error naming the real ones."""
+    obj = estimators.elbo(model, guide)
+    params = {"l": jnp.array(0.3), "m": jnp.array(0.0)}
+    advice = advise(obj, params, jax.random.PRNGKey(1), num_keys=16, repeats=1, sites=["z"])
+    assert {r.site for r in advice.rows} == {"z"} and advice.fixed == ("b",)
+    assert set(advice.recommended) == {"z"}
+    assert "not among the sites advised on" in advice.table()
+    by_selector = advise(obj, params, jax.random.PRNGKey(1), num_keys=16, repeats=1,
+                         sites=lambda msg: msg["name"] == "b")
+    assert {r.site for r in by_selector.rows} == {"b"}
+    with pytest.raises(ValueError, match=r"sites \['w'\] are not latent sites .*'b', 'z'"):
+        advise(obj, params, jax.random.PRNGKey(1), sites=["w"])
