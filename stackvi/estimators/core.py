@@ -51,7 +51,8 @@ from numpyro.primitives import Messenger
 from stackvi._compat import failing_site
 from stackvi.axes import PARTICLES
 from stackvi.estimators.signals import LearningSignal
-from stackvi.gradients.dataflow import analyse, is_tagging
+from stackvi.gradients import rerun
+from stackvi.gradients.dataflow import Flow, analyse, is_tagging, probe
 from stackvi.gradients.dice import any_order_surrogate
 from stackvi.gradients.records import SiteRecord, current_recorder, recording
 from stackvi.gradients.scoring import model_density, score_model
@@ -113,9 +114,9 @@ def particles(fn: Callable, num: int, axis=PARTICLES) -> Callable:
         # different minibatches inside one logsumexp).
         plate_key = numpyro.prng_key()
 
-        def one(k):
+        def one(k, index):
             inner = fn if num == 1 else isolate_mutable(fn)
-            with recording() as rec:
+            with recording() as rec, rerun.particle(axis, index):
                 out = seed(_shared_subsample(inner, rng_key=plate_key), k)(*args, **kwargs)
             return out, tuple(rec.records)
 
@@ -125,13 +126,19 @@ def particles(fn: Callable, num: int, axis=PARTICLES) -> Callable:
             # Same key and result as vmap over one particle, without the batch axis
             # inside: vmap's axis makes XLA materialize transposed copies of every
             # activation gradient (+60% per step on the 784-200-10 VAE, batch 1024).
-            out, nodes = jax.tree_util.tree_map(lambda a: jnp.expand_dims(a, 0), one(keys[0]))
+            out, nodes = jax.tree_util.tree_map(lambda a: jnp.expand_dims(a, 0),
+                                                one(keys[0], 0))
         else:
-            out, nodes = jax.vmap(one)(keys)
+            out, nodes = jax.vmap(one)(keys, jnp.arange(num))
         parent = current_recorder()
         if parent is not None:
             parent.extend(n.with_axis(axis) for n in nodes)
-        return out.with_axis(axis) if isinstance(out, Terms) else out
+        if not isinstance(out, Terms):
+            return out
+        out = out.with_axis(axis)
+        for t in out.terms:  # what a nonlinear bound reads per particle: checked by data flow
+            probe(t.array, t.names, t.label, model_too=False)
+        return out
 
     return run
 
@@ -349,9 +356,17 @@ class Objective:
             raise TypeError(f"{self.name}: params must be the dict from objective.init(...), "
                             f"got {type(params).__name__}.")
         subs = substitute_params(params=params, mutable=mutable)
-        with subs, recording() as rec:
+        with subs, recording() as rec, rerun.session():
             with _naming_sites():
                 value = seed(self.program, rng_key)(*args, **kwargs)
+        if not isinstance(value, Terms) and any(r.kind == "enumerate" for r in rec.records):
+            # A nonlinear value: enumeration is differentiated by continuation instead
+            # (gradients/rerun.py); the program is run again knowing that (the first run
+            # is dead code under jit).
+            subs = substitute_params(params=params, mutable=mutable)
+            with subs, recording() as rec, rerun.session(nonlinear=True):
+                with _naming_sites():
+                    value = seed(self.program, rng_key)(*args, **kwargs)
         if not isinstance(value, (Terms, LearningSignal)):
             scalar_value(value)  # a program's value is checked before anything it leaves unused
         unknown = sorted(set(params) - subs.used)
@@ -370,11 +385,20 @@ class Objective:
                                                    rng_key, args, kwargs, mutable))
         return value, records, new_mutable
 
+    def _rerun(self, params, rng_key, args, kwargs, mutable, target, nonlinear):
+        """The program again with the same key and ``target``'s site substituted
+        (:mod:`stackvi.gradients.rerun`): ``(value, records)``."""
+        with substitute_params(params=params, mutable=mutable), recording() as rec:
+            with rerun.session(target, nonlinear):
+                value = seed(self.program, rng_key)(*args, **kwargs)
+        return value, rec.records
+
     def _analysed(self, value, records, sums_out, params, rng_key, args, kwargs, mutable):
         """``records`` with what the program's data flow shows (``gradients.dataflow``):
         laid-out axes checked, and the terms a score-function sample cannot reach added to
         its ``upstream``. The program is traced once more, once per abstract signature."""
-        laid_out = sums_out or any(r.axis is not None for r in records)
+        laid_out = sums_out or any(r.axis is not None or rerun.is_continuation(r)
+                                   for r in records)
         scored = isinstance(value, Terms) and any(r.axis is None for r in records)
         if not (laid_out or scored):
             return records
@@ -442,6 +466,10 @@ class Objective:
 
         def f(p):
             value, records, new_mutable = self._run(p, rng_key, args, kwargs, mutable)
+            records = rerun.attach(
+                lambda q, target, nonlinear: self._rerun(q, rng_key, args, kwargs, mutable,
+                                                         target, nonlinear),
+                value, records, p)
             variance.update(n for r in records for n in r.variance_params)
             total, sur, new_state = surrogate(value, records, baseline_state)
             if new_mutable is not None:

@@ -59,6 +59,8 @@ class _Tags:
 
     def __init__(self):
         self.sites: dict[str, tuple[str, str, str]] = {}  # tag -> (site, dist, how)
+        # tag -> the axes an array reading it must carry (default: the tag's own axis)
+        self.requires: dict[str, frozenset] = {}
         self.probes: list[tuple] = []  # (array, axes it has, label, checks model tags?)
 
 
@@ -80,11 +82,18 @@ def is_tagging() -> bool:
     return bool(_TAGGING)
 
 
-def tag(value, axis: str, site: str = "?", dist: str = "?", how: str = "laid out"):
-    """``value`` itself; inside :func:`tagging`, marked in the jaxpr as read from ``axis``."""
+def tag(value, axis: str, site: str = "?", dist: str = "?", how: str = "laid out",
+        requires: frozenset | None = None):
+    """``value`` itself; inside :func:`tagging`, marked in the jaxpr as read from ``axis``.
+
+    ``requires``: the axes an array that reads it must carry instead of ``axis`` itself
+    (a site whose branches are evaluated by re-runs: its plates).
+    """
     if not _TAGGING:
         return value
     _TAGGING[-1].sites[str(axis)] = (site, dist, how)
+    if requires is not None:
+        _TAGGING[-1].requires[str(axis)] = frozenset(map(str, requires))
     return checkpoint_name(value, _PREFIX + str(axis))
 
 
@@ -93,11 +102,12 @@ def model_axis(site: str) -> str:
     return f"{_MODEL}{site}"
 
 
-def probe(array, axes, label: str) -> None:
+def probe(array, axes, label: str, model_too: bool = True) -> None:
     """Inside :func:`tagging`: check that ``array`` (a model factor before the sum over the
-    model's enumerated sites) reads no tagged site whose axis is not in ``axes``."""
+    model's enumerated sites; with ``model_too=False`` a particle's log-weight, checked
+    against the guide's sites only) reads no tagged site whose axis is not in ``axes``."""
     if _TAGGING:
-        _TAGGING[-1].probes.append((array, frozenset(map(str, axes)), label, True))
+        _TAGGING[-1].probes.append((array, frozenset(map(str, axes)), label, model_too))
 
 
 def reads(fn: Callable, *args) -> list[frozenset]:
@@ -240,9 +250,10 @@ def analyse(run: Callable, params, rng_key) -> Flow:
         probes = [(a, frozenset(map(str, n)), label, False) for a, n, label in checked]
         probes += tags.probes
         # metadata only: a tracer kept past this trace would leak (jax.checking_leaks)
-        found.append((dict(tags.sites), [pr[1:] for pr in probes],
+        found.append((dict(tags.sites), dict(tags.requires), [pr[1:] for pr in probes],
                       [_Term(t.names, t.source) for t in terms],
-                      [_Record(r.name, r.trace, r.axis, r.kind, r.pooled, r.baseline) for r in recs]))
+                      [_Record(r.name, r.trace, r.axis, r.kind, r.pooled, r.baseline)
+                       for r in recs]))
         tags.probes.clear()
         return [pr[0] for pr in probes]
 
@@ -251,7 +262,7 @@ def analyse(run: Callable, params, rng_key) -> Flow:
         closed = jax.make_jaxpr(arrays)(params, rng_key)
     except _UNTRACEABLE:
         return Flow(-1, ())  # the support is needed concrete: no jaxpr to read (design.md)
-    sites, probes, terms, recs = found[-1]
+    sites, requires, probes, terms, recs = found[-1]
     baselines = tuple((r.name, r.baseline) for r in recs)
     if not sites:  # nothing laid out, no score-function sample: nothing to read off
         return Flow(len(terms), (None,) * len(recs), (None,) * len(recs), baselines)
@@ -261,6 +272,19 @@ def analyse(run: Callable, params, rng_key) -> Flow:
             if axis.startswith(_SCORE) or (axis.startswith(_MODEL) and not model_too):
                 continue  # samples are not laid out; terms after the model's sum lose its axes
             site, dist, how = sites[axis]
+            if axis in requires:
+                missing = sorted(requires[axis] - axes)
+                if missing:
+                    raise ValueError(
+                        f"term '{label}' reads site '{site}' ({dist}, {how}) but lacks its "
+                        f"plate(s) {missing}: the site's branches are evaluated in every "
+                        "element at once and each element's cost is read off its own "
+                        "element, so a cost outside the plate that combines the elements "
+                        "(e.g. `jnp.sum(a)` or `a.sum()` over the plate) would bias the "
+                        "estimate silently. Keep such costs inside the plate (reduce over "
+                        f"event dims only) or use reinforce for '{site}'."
+                    )
+                continue
             raise ValueError(
                 f"term '{label}' reads site '{site}' ({dist}, {how}) but has lost its axis "
                 f"'{axis}', along which the site's values are laid out: the term reduces over "

@@ -38,12 +38,16 @@ def _latent_order(tr: dict) -> list[str]:
 def pool_shared_plates(rec: Recorder, start: int, guide_trace: dict) -> None:
     """Mark ``rec.records[start:]`` to be summed over plates whose elements a later guide site
     may mix (``SiteRecord.pooled``; the objective sums them, :func:`apply_pooling`)."""
+    from stackvi.gradients.rerun import is_continuation
+
     order = _latent_order(guide_trace)
     plates = {n: {f.name for f in guide_trace[n]["cond_indep_stack"]} for n in order}
     for i in range(start, len(rec.records)):
         record, term = rec.records[i], rec.records[i].log_prob
-        if record.name not in plates or record.axis is not None:
-            continue  # enumerated / branched sites are exact per element: nothing to pool
+        if record.name not in plates or record.axis is not None or is_continuation(record):
+            # enumerated / branched sites are exact per element: nothing to pool (a site
+            # branched by re-runs: data flow refuses a cost outside its plate that reads it)
+            continue
         later = order[order.index(record.name) + 1:]
         own = plates[record.name]
         pooled = {p for p in term.names if p in own and any(p not in plates[w] for w in later)}

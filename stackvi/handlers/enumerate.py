@@ -44,6 +44,7 @@ from numpyro.handlers import block, replay, seed, trace
 from stackvi import terms as _terms
 from stackvi._compat import unmasked
 from stackvi.axes import Axis
+from stackvi.gradients import rerun
 from stackvi.gradients.dataflow import tag
 from stackvi.gradients.records import SiteRecord
 from stackvi.gradients.strategy import Strategy, register
@@ -155,6 +156,29 @@ def check_site_shapes(*traces: dict) -> None:
                     )
 
 
+def _support_derivative(msg: dict):
+    """``Σ_k ∇q(k) · f(k)`` as a decomposition (θ_k = q(k), c = 1, q⁺ = δ_k, no q⁻): the
+    exact derivative in the site given the rest, for an objective that is not linear in
+    the sites (IWAE's logsumexp: no per-site contraction exists), the value at a sample."""
+    fn = msg["fn"]
+    if tuple(fn.event_shape):
+        raise ValueError(
+            f"site '{msg['name']}' ({_dist_name(msg)}) is claimed by enumerate under a "
+            "nonlinear objective, where its derivative is summed over the support by re-runs "
+            "of the program; that needs a site without event dims. Use reinforce for it."
+        )
+
+    def decompose(x, key):
+        import jax.numpy as jnp
+
+        support = fn.enumerate_support(expand=True)  # (S, *batch)
+        log_q = unmasked(fn).log_prob(support)
+        one = jnp.ones(support.shape[1:])
+        return support, [(jnp.exp(log_q[k]), one, k, None) for k in range(support.shape[0])]
+
+    return decompose
+
+
 def _owned(msg: dict, value, dim: int, name: str) -> None:
     if value.shape[dim] > 1:  # a size-1 axis is dropped from the terms: nothing to check
         kind = msg["infer"].get("strategy", name.split(":")[0])
@@ -194,6 +218,10 @@ class enumerate(Strategy):  # noqa: A001 - the strategy's name, as in the design
             with jax.ensure_compile_time_eval():
                 msg["value"] = msg["fn"].enumerate_support(expand=True)[0]
             return
+        session = rerun.active()
+        if session is not None and session.nonlinear and rerun.prepare(
+                msg, _support_derivative(msg), "enumerate"):
+            return  # under a nonlinear objective: the derivative summed over the support
         got = allocate_dim(msg, "enum")
         if got is None:
             return
@@ -216,6 +244,9 @@ class enumerate(Strategy):  # noqa: A001 - the strategy's name, as in the design
 
     @classmethod
     def record(cls, msg):
+        if "_stackvi_continuation" in msg["infer"]:
+            # first derivatives only, like mvd's (objective.surrogate refuses it)
+            return rerun.record(msg, "mvd")
         # The weights are q(z = k) itself: no mask, no scale (those act on the costs).
         weights = site_log_prob({**msg, "fn": unmasked(msg["fn"]), "scale": None, "mask": None,
                                  "intermediates": None}, label=msg["name"])

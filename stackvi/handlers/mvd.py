@@ -2,12 +2,22 @@
 
 For a parameter θ of ``q``, ``∇_θ q = c · (q⁺ − q⁻)`` with ``q±`` probability
 distributions, so ``∇_θ E_q[f] = c · (E_{q⁺}[f] − E_{q⁻}[f])``. A claimed site
-keeps its ordinary sample (branch 0, what the objective's value uses) and
-gains branches drawn from ``q⁺``/``q⁻`` (coupled to each other and, where
-``q±`` is ``q`` itself, to the sample), laid out along a fresh dim named
-``mvd:<site>`` left of all plates. Every cost downstream is evaluated on every
-branch in one vectorized pass; the estimator adds
-``Σ (θ − sg θ) · sg(c · (f⁺ − f⁻))`` (:mod:`stackvi.estimators.contract`).
+keeps its ordinary sample (what the objective's value uses) and gains branches
+drawn from ``q⁺``/``q⁻`` (coupled to each other and, where ``q±`` is ``q``
+itself, to the sample); the estimator adds ``Σ (θ − sg θ) · sg(c · (f⁺ − f⁻))``.
+
+**By continuation** (the default inside an objective,
+:mod:`stackvi.gradients.rerun`): the main pass draws the site plainly, and
+after it the objective's program is re-run once per site with the same key and
+the site set to its branch values (``vmap``-ped over them, forward only):
+upstream replays identically, downstream is re-sampled with the same noise,
+and ``f±`` is the objective's own value there. Cost linear in the sites; valid
+under nonlinear objectives too (IWAE, VIMCO: the site is changed in one particle
+at a time). **Laid out** (``mvd(guide, layout=True)``, and wherever the program
+is run outside an ``Objective`` — a hand-driven ``recording()`` — so nothing can
+re-run it): the branches are laid out along a fresh dim named ``mvd:<site>``
+left of all plates and every cost downstream is evaluated on every branch in
+one vectorized pass (:mod:`stackvi.gradients.contract`); linear objectives only.
 
 Per element: plate elements are branched in parallel (a cost of element *i*
 must live in element *i*'s plate, as for ``enumerate``); dims declared with
@@ -59,6 +69,7 @@ import numpyro.distributions as dist
 from jax import random
 from numpyro.distributions.distribution import ExpandedDistribution, Independent, MaskedDistribution
 
+from stackvi.gradients import rerun
 from stackvi.gradients.branches import check_plated, lay_out, site_term
 from stackvi.gradients.contract import (
     branch_costs,
@@ -153,6 +164,13 @@ DECOMPOSITIONS = {
 }
 
 
+def _decompose(msg):
+    """``(x, key) -> (ys, pieces)`` of the site's family (:data:`DECOMPOSITIONS`)."""
+    fn = msg["fn"]
+    shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
+    return lambda x, key: DECOMPOSITIONS[type(_base(fn))](_base(fn), shape, x, key)
+
+
 @register
 class mvd(Strategy):
     """Measure-valued derivatives for the claimed sites (see the module docstring)."""
@@ -174,6 +192,9 @@ class mvd(Strategy):
     def prepare(msg):
         if msg["value"] is not None:
             return
+        if msg["infer"].get("layout") is not True and rerun.prepare(
+                msg, _decompose(msg), "mvd", block=math.prod(_base(msg["fn"]).event_shape)):
+            return  # branches by continuation (gradients/rerun.py)
         got = allocate_dim(msg, "mvd")
         if got is None:
             return
@@ -193,7 +214,7 @@ class mvd(Strategy):
 
     @staticmethod
     def transform(msg):
-        if "_stackvi_mvd" not in msg["infer"]:
+        if "_stackvi_mvd" not in msg["infer"] and "_stackvi_continuation" not in msg["infer"]:
             raise ValueError(
                 f"site '{msg['name']}' ({_dist_name(msg)}) is claimed by mvd outside an "
                 "objective: its branches need the dims an objective hands out. Run the guide "
@@ -203,6 +224,8 @@ class mvd(Strategy):
 
     @classmethod
     def record(cls, msg):
+        if "_stackvi_continuation" in msg["infer"]:
+            return rerun.record(msg, cls.name)
         extra, static = msg["infer"]["_stackvi_mvd"]
         return SiteRecord(msg["name"], site_log_prob({**msg, "scale": None}), cls.name,
                           axis=msg["infer"]["_stackvi_axis"], extra=extra, static=static)
@@ -210,6 +233,8 @@ class mvd(Strategy):
     @classmethod
     def gradient(cls, record, ctx):
         """``Σ (θ − sg θ) · sg(c · (f⁺ − f⁻))`` per parameter piece, contracted exactly."""
+        if rerun.is_continuation(record):
+            return rerun.gradient(record, ctx)
         coord, pieces, size = record.static
         costs = list(branch_costs(ctx.value, record, ctx.raw_weights, ctx.branches))
         up = upstream_weights(ctx.raw_weights, record, ctx.branches)

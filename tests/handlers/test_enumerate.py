@@ -134,10 +134,10 @@ def test_errors_name_the_site():
     with pytest.raises(ValueError, match="'loc' \\(Normal\\) has no finite support"):
         seed(enum(g_normal), 0)(X)
 
-    # a nonlinear objective: enumeration is not defined, suggest reinforce
+    # a nonlinear objective: no exact contraction exists; the value is at a sample and the
+    # derivative summed over the support by re-runs (tests/gradients/test_findings.py)
     iwae = estimators.iwae(model, enum(guide), num_particles=2)
-    with pytest.raises(ValueError, match="z1.*enumerate/mvd.*reinforce"):
-        iwae.estimate(params(), jax.random.PRNGKey(0), X)
+    assert bool(jnp.isfinite(iwae.estimate(params(), jax.random.PRNGKey(0), X)))
 
     # outside an objective there are no dims to hand out
     from stackvi.handlers import simulate

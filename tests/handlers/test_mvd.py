@@ -88,7 +88,9 @@ def test_errors_name_site_and_distribution():
     with pytest.raises(ValueError, match="'z'.*batch dim -1 of size 3.*plate"):
         obj.estimate({}, jax.random.PRNGKey(0))
 
+    # A nonlinear objective is no longer refused: branches by continuation (gradients/rerun.py)
+    # re-run the bound with the site changed in one particle (tests/gradients/test_rerun.py).
     nn = NormalNormal()
     iwae = estimators.iwae(nn.model, mvd(nn.guide), num_particles=2)
-    with pytest.raises(ValueError, match="'z'.*enumerate/mvd.*Terms"):
-        iwae.value_and_grad(nn.params(0.0, 1.0), jax.random.PRNGKey(0), nn.data)
+    _, grads = iwae.value_and_grad(nn.params(0.0, 1.0), jax.random.PRNGKey(0), nn.data)
+    assert all(bool(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
