@@ -54,7 +54,7 @@ whole window and push the guide to turn objects off.
 only the running product ``present`` matters downstream. Once an object was
 absent, the later ``z_pres_t`` are dummies: the model draws them from the prior
 ``Bernoulli(pres_prior[t])`` and the guide from *the same* distribution (its
-probability is ``present · p_t + (1 − present) · pres_prior[t]``), so each adds
+logit is ``present · ℓ_t + (1 − present) · logit(pres_prior[t])``), so each adds
 ``log p − log q = 0`` to every sample, its probability does not depend on any
 parameter, and the ELBO is exactly that of the "stays 0" model. Pyro's AIR
 writes ``Bernoulli(p · present)`` instead, which gives the impossible value 1
@@ -325,8 +325,12 @@ def guide(x: jax.Array, config: AIRConfig = PAPER, subsample_size: int | None = 
             h, c = rnn(_cat(batch, z_what, z_where, present[..., None]), h, c)
             out = predict(h)
             # Absent already: a dummy drawn from the prior (see the module docstring).
-            p = present * jax.nn.sigmoid(out[..., 0]) + (1.0 - present) * config.prior_at(t)
-            z_pres = numpyro.sample(f"z_pres_{t}", dist.Bernoulli(probs=p))
+            # Logits, not probabilities: a saturated sigmoid(out) is exactly 1.0 in float32,
+            # q(z_pres = 0) exactly 0, and the costs MVD/enumeration evaluate at 0 infinite
+            # (NaN gradients after ~3,500 steps of the tutorial's MVD run).
+            prior = config.prior_at(t)
+            logits = present * out[..., 0] + (1.0 - present) * math.log(prior / (1.0 - prior))
+            z_pres = numpyro.sample(f"z_pres_{t}", dist.Bernoulli(logits=logits))
             present = present * z_pres
             on = (present > 0)[..., None]
             # Relative to the prior (see the module docstring): out = 0 is the prior's place.
