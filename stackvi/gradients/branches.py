@@ -11,6 +11,20 @@ then evaluated on every branch in one vectorized pass, and
 >>> import jax.numpy as jnp
 >>> branched_value(jnp.array([0.0, 0.0]), jnp.array([[1.0, 1.0]]), batch=(), event=(2,)).tolist()
 [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
+
+Blocks: where the coordinates of a site's event are not independent (a
+Dirichlet's simplex vector), a branch for coordinate ``i`` must move the whole
+vector. With ``block = B`` the event's coordinates are grouped into blocks of
+``B`` consecutive ones (the trailing event dim), extra sample ``j`` brings one
+value per coordinate of a block, ``ys`` of shape ``(J, B, *batch, *event)``,
+and the branch for coordinate ``i`` of block ``m`` is the sample with block
+``m`` replaced by block ``m`` of ``ys[j, i]``. Branch ``1 + j·D + m·B + i``
+is still the one for extra sample ``j`` and flat coordinate ``m·B + i``:
+
+>>> x = jnp.array([0.5, 0.5])
+>>> ys = jnp.array([[[0.75, 0.25], [0.125, 0.875]]])  # J = 1: a full vector per coordinate
+>>> branched_value(x, ys, batch=(), event=(2,), block=2).tolist()
+[[0.5, 0.5], [0.75, 0.25], [0.125, 0.875]]
 """
 
 from __future__ import annotations
@@ -48,17 +62,27 @@ def check_plated(msg: dict, who: str) -> None:
             )
 
 
-def branched_value(x, ys, batch: tuple, event: tuple):
-    """``(1 + J·D, *batch, *event)``: the sample, then each of ``J`` extra samples by coordinate."""
+def branched_value(x, ys, batch: tuple, event: tuple, block: int = 1):
+    """``(1 + J·D, *batch, *event)``: the sample, then each of ``J`` extra samples by coordinate.
+
+    ``ys``: ``(J, *batch, *event)`` for ``block = 1``, else ``(J, block, *batch, *event)``
+    (see the module docstring).
+    """
     size = math.prod(event)
-    xf, yf = x.reshape(batch + (size,)), ys.reshape((ys.shape[0],) + batch + (size,))
-    eye = jnp.eye(size, dtype=bool).reshape((size,) + (1,) * len(batch) + (size,))
-    branched = jnp.where(eye[None], yf[:, None], xf[None, None])
-    value = jnp.concatenate([xf[None], branched.reshape((-1,) + batch + (size,))])
+    nb = size // block
+    if block == 1:
+        ys = ys[:, None]
+    xf = x.reshape(batch + (nb, block))
+    yf = ys.reshape(ys.shape[:2] + batch + (nb, block))
+    # branched[j, i, m, *batch, m', :]: block m' of ys[j, i] where m' == m, else of x
+    eye = jnp.eye(nb, dtype=bool).reshape((nb,) + (1,) * len(batch) + (nb, 1))
+    branched = jnp.where(eye[None, None], yf[:, :, None], xf[None, None, None])
+    branched = jnp.swapaxes(branched, 1, 2).reshape((-1,) + batch + (size,))  # (j, m, i)
+    value = jnp.concatenate([xf.reshape(batch + (size,))[None], branched])
     return value.reshape((value.shape[0],) + batch + event)
 
 
-def lay_out(msg: dict, x, ys, dim: int, axis: Axis) -> tuple[Axis, int]:
+def lay_out(msg: dict, x, ys, dim: int, axis: Axis, block: int = 1) -> tuple[Axis, int]:
     """Set the site's value to :func:`branched_value` along ``dim``; ``(coord axis, D)``."""
     from stackvi.handlers.enumerate import _owned
 
@@ -71,7 +95,10 @@ def lay_out(msg: dict, x, ys, dim: int, axis: Axis) -> tuple[Axis, int]:
             f"lay_out: site '{msg['name']}' ({dist_name(msg)}) got no extra samples (ys of "
             f"shape {tuple(jnp.shape(ys))}); pass at least one, stacked along axis 0."
         )
-    value = branched_value(x, ys.astype(x.dtype), batch, event)
+    if block < 1 or math.prod(event) % block or (block > 1 and event[-1] % block):
+        raise ValueError(f"lay_out: site '{msg['name']}': block {block} does not divide its "
+                         f"trailing event dim (event shape {event})")
+    value = branched_value(x, ys.astype(x.dtype), batch, event, block)
     value = value.reshape((value.shape[0],) + (1,) * (-dim - 1 - len(batch)) + batch + event)
     _owned(msg, value, dim, axis)
     return Axis(f"{axis}:coord"), math.prod(event)

@@ -37,12 +37,21 @@ Decompositions (θ: c, q⁺, q⁻):
   1/p, the sample X itself, 1 + X + G with G ~ Geometric(p): ``∂_p P(k) =
   (P(k) − k P(k) p/(1 − p))/p`` and ``k P(k) p/(1 − p)`` is the law of
   ``1 + G₁ + G₂`` (the size-biased geometric).
+* Beta(α, β), α: ψ(α + β) − ψ(α), the sample x itself, ``x·V``; β: ψ(α + β) −
+  ψ(β), x itself, ``1 − (1 − x)·V'``. ``∂_α p = p (log x − E log x)`` and ``log x ≤
+  0``, so ``∂_α p = c (p − m_α)`` with ``m_α(x) ∝ p(x) (−log x)`` (``E[−log x] =
+  c``), and ``x·V ~ m_α`` for ``V`` drawn by :func:`size_bias` independently of x:
+  the branch is the sample itself, shrunk (``1 − x`` of Beta(β, α) for β).
+* Dirichlet(α), each α_i: ψ(α₀) − ψ(α_i), x itself, ``m_i ∝ p (−log x_i)``. Under
+  ``m_i``, ``x_i`` has the law ``m_α`` of Beta(α_i, α₀ − α_i) and, independently
+  (the weight depends on ``x_i`` alone), ``x_{−i}/(1 − x_i) ~ Dirichlet(α_{−i})``.
+  Branch i: ``y_i = x_i·V_i`` and the sample's own remainder ``x_{−i}/(1 − x_i)``
+  (independent of x_i: neutrality) rescaled to ``1 − y_i``. Each branch moves the
+  whole vector (``lay_out``'s ``block``: the base distribution's event size).
 
-Beta and Dirichlet are not here: their parameters are concentrations, and
-like Gamma's α they have no weak-derivative triple with distributions one can
-sample in closed form. Their samplers are implicitly reparameterized, so
-``reparam`` (the default for them) is exact and usually the better choice
-(tests/handlers/test_implicit_reparam.py).
+These couplings (a branch built from the sample itself) make ``f(x) − f(y)``
+small: on the test model (tests/handlers/test_mvd_families.py) they cut the
+gradient variance 1.6–4.6× against an independent draw from ``m_α``.
 
 Anything else is an error naming the site and distribution.
 
@@ -67,6 +76,7 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 from jax import random
+from jax.scipy.special import digamma
 from numpyro.distributions.distribution import ExpandedDistribution, Independent, MaskedDistribution
 
 from stackvi.gradients import rerun
@@ -84,7 +94,7 @@ from stackvi.gradients.strategy import dist_name as _dist_name
 from stackvi.handlers.enumerate import allocate_dim
 from stackvi.terms import site_log_prob
 
-__all__ = ["mvd", "DECOMPOSITIONS"]
+__all__ = ["mvd", "DECOMPOSITIONS", "size_bias"]
 
 sg = jax.lax.stop_gradient
 
@@ -97,7 +107,9 @@ def _base(fn):
 
 # Each decomposition: (base, V, x, key) -> (ys (J, *V), [(θ, c, plus, minus), ...]).
 # plus/minus: index of an extra sample in ys, -1 for the site's own sample x,
-# None for "no such branch" (f⁻ = 0).
+# None for "no such branch" (f⁻ = 0). A base with an event of size B > 1
+# (Dirichlet) returns ys (J, B, *V): extra sample j for coordinate i is a whole
+# event value (lay_out's block).
 
 def _bernoulli(d, shape, x, key):
     p = jnp.broadcast_to(d.probs, shape)
@@ -154,6 +166,84 @@ def _geometric(d, shape, x, key):
     return (1 + x + g)[None], [(p, 1.0 / p, -1, 0)]
 
 
+def size_bias(key, a, b, max_tries: int = 100):
+    """``(t, proposals)``: ``t = −log V``, ``V ~ r(v) ∝ v^{a−1} (1 − v^b) / (1 − v)`` on (0, 1).
+
+    Why: if ``x ~ Beta(a, b)`` and ``V`` is independent of it, ``x·V`` has the
+    size-biased law ``m(y) ∝ Beta(y; a, b)·(−log y)`` (compare Mellin transforms:
+    ``E[x^s] E[V^s] = B(a + s, b)/B(a, b) · (ψ(a + b + s) − ψ(a + s))/c =
+    E_p[x^s (−log x)]/c`` with ``c = ψ(a + b) − ψ(a)``), so an MVD branch can be
+    the site's own sample shrunk by ``V``, strongly coupled to it.
+
+    How: ``1/(1 − v) = Σ_j v^j`` makes ``r`` the mixture over ``j ≥ 0``, with
+    weights ``f(j) = 1/(a + j) − 1/(a + b + j)`` (summing to ``c``), of the laws
+    of ``V`` with ``−log V = E₁/(a + j) + E₂/(a + b + j)`` (E₁, E₂ ~ Exp(1)).
+    ``j`` is drawn by rejection: ``j = 0`` with probability ``f(0)/(f(0) + Z)``,
+    else ``j = round(X)`` with ``X`` on [½, ∞) of density ``f/Z``, ``Z = ∫_{½}^∞ f =
+    log(1 + b/(a + ½))`` (inverse CDF in closed form), accepted with probability
+    ``f(j) / ∫_{j−½}^{j+½} f ≤ 1`` (f is convex there). Acceptance rate ``c/(f(0) +
+    Z)``: at least 0.986 for all a, b in [1e-3, 1e4] (quadrature), so the
+    ``lax.while_loop`` (per-element flags, until all accept) rarely runs more
+    than a few rounds. Uniforms and exponentials only: no gamma sampler. An
+    element still rejected after ``max_tries`` proposals (impossible for valid
+    a, b in practice) is NaN. No gradient flows (branches carry none).
+    """
+    a, b = jnp.broadcast_arrays(sg(jnp.asarray(a, float)), sg(jnp.asarray(b, float)))
+    f0 = b / (a * (a + b))
+    z = jnp.log1p(b / (a + 0.5))
+
+    def body(state):
+        key, j, tries, done = state
+        key, k1, k2, k3 = random.split(key, 4)
+        zero = random.uniform(k1, a.shape) * (f0 + z) < f0
+        jj = jnp.floor(b / jnp.expm1(random.uniform(k2, a.shape) * z) - a + 0.5)  # ≥ 1
+        lo, hi = a + jj, a + b + jj
+        # f(j) / ∫_{j−½}^{j+½} f, the integral as log1p(b / ((lo − ½)(hi + ½))) (no cancellation)
+        ratio = b / (lo * hi) / jnp.log1p(b / ((lo - 0.5) * (hi + 0.5)))
+        ok = ~done & (zero | (random.uniform(k3, a.shape) < ratio))
+        return key, jnp.where(ok, jnp.where(zero, 0.0, jj), j), tries + ~done, done | ok
+
+    def more(state):
+        return ~jnp.all(state[3]) & (jnp.max(state[2]) < max_tries)
+
+    key, k1, k2 = random.split(key, 3)
+    init = (key, jnp.full(a.shape, jnp.nan, a.dtype), jnp.zeros(a.shape, jnp.int32),
+            jnp.zeros(a.shape, bool))
+    _, j, tries, _ = jax.lax.while_loop(more, body, init)
+    t = random.exponential(k1, a.shape) / (a + j) + random.exponential(k2, a.shape) / (a + b + j)
+    return t, tries
+
+
+def _unit(p):
+    """Clipped to [tiny, 1 − eps] like NumPyro's Beta/Dirichlet samplers."""
+    info = jnp.finfo(p.dtype)
+    return jnp.clip(p, info.tiny, 1 - info.eps)
+
+
+def _beta(d, shape, x, key):
+    a = jnp.broadcast_to(d.concentration1, shape)
+    b = jnp.broadcast_to(d.concentration0, shape)
+    # α: x·V (V for (α, β)); β: 1 − (1 − x)·V' (V' for (β, α)), both from the sample x
+    t, _ = size_bias(key, jnp.stack([a, b]), jnp.stack([b, a]))
+    ys = jnp.stack([x * jnp.exp(-t[0]), 1 - (1 - x) * jnp.exp(-t[1])])
+    total = digamma(a + b)
+    return _unit(ys), [(a, total - digamma(a), -1, 0), (b, total - digamma(b), -1, 1)]
+
+
+def _dirichlet(d, shape, x, key):
+    alpha = jnp.broadcast_to(d.concentration, shape)
+    total = jnp.sum(alpha, -1, keepdims=True)
+    t, _ = size_bias(key, alpha, total - alpha)
+    y = x * jnp.exp(-t)  # coordinate i of branch i: x_i·V_i ~ m of Beta(α_i, α₀ − α_i)
+    k = shape[-1]
+    off = ~jnp.eye(k, dtype=bool)  # [i, j]: j ≠ i
+    rest = jnp.where(off, x[..., None, :], 0.0)  # [..., i, j]: x_j, j ≠ i
+    share = rest / jnp.maximum(jnp.sum(rest, -1, keepdims=True), jnp.finfo(x.dtype).tiny)
+    branch = jnp.where(off, (1 - y)[..., None] * share, y[..., None])
+    ys = jnp.moveaxis(_unit(branch), -2, 0)[None]  # (1, K, *shape): branch i is [..., i, :]
+    return ys, [(alpha, digamma(total) - digamma(alpha), -1, 0)]
+
+
 DECOMPOSITIONS = {
     dist.BernoulliProbs: _bernoulli, dist.BernoulliLogits: _bernoulli,
     dist.CategoricalProbs: _categorical, dist.CategoricalLogits: _categorical,
@@ -161,6 +251,7 @@ DECOMPOSITIONS = {
     dist.Gamma: _gamma,
     dist.BinomialProbs: _binomial, dist.BinomialLogits: _binomial,
     dist.GeometricProbs: _geometric, dist.GeometricLogits: _geometric,
+    dist.Beta: _beta, dist.Dirichlet: _dirichlet,
 }
 
 
@@ -204,8 +295,9 @@ class mvd(Strategy):
         shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
         k1, k2 = random.split(numpyro.prng_key())
         x = sg(fn.sample(k1))
-        ys, pieces = DECOMPOSITIONS[type(_base(fn))](_base(fn), shape, x, k2)
-        coord, size = lay_out(msg, x, sg(ys), dim, axis)
+        base = _base(fn)
+        ys, pieces = DECOMPOSITIONS[type(base)](base, shape, x, k2)
+        coord, size = lay_out(msg, x, sg(ys), dim, axis, block=math.prod(base.event_shape))
         extra = []
         for theta, c, _, _ in pieces:
             extra += [site_term(msg, theta, coord), site_term(msg, c, coord)]
