@@ -201,14 +201,16 @@ def test_beta_quadrature_is_converged():
         np.testing.assert_allclose(c, f, atol=1e-9)
 
 
-@pytest.mark.slow  # ~30 s each on two cores, mostly compiling the vmapped estimator
+@pytest.mark.slow  # ~20-30 s each on two cores, mostly compiling the vmapped estimator
+@pytest.mark.parametrize("layout", [False, True], ids=["continuation", "layout"])
 @pytest.mark.parametrize("family", ["beta", "dirichlet"])
-def test_mvd_beta_dirichlet_unbiased(family):
+def test_mvd_beta_dirichlet_unbiased(family, layout):
+    """By continuation (the default) and laid out along a branch axis (Dirichlet: blocks)."""
     model, guide, exact, p0 = {
         "beta": (_beta_model, _beta_guide, _beta_exact, BETA_P0),
         "dirichlet": (_dir_model, _dir_guide, _dirichlet_exact, DIR_P0),
     }[family]
-    obj = estimators.elbo(model, handlers.mvd(guide))
+    obj = estimators.elbo(model, handlers.mvd(guide, layout=True if layout else None))
     values, grads = per_key(obj, p0, 40000)
     value, grad = _exact(exact, p0)
     assert_unbiased(values, value, f"{family} ELBO")
