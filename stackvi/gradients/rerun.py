@@ -61,8 +61,8 @@ from stackvi.gradients.records import SiteRecord
 from stackvi.gradients.strategy import dist_name
 from stackvi.terms import Term, Terms, site_log_prob
 
-__all__ = ["Continuation", "Target", "session", "active", "particle", "prepare", "record",
-           "attach", "gradient", "is_continuation", "BRANCH"]
+__all__ = ["Continuation", "Relaxation", "Target", "session", "active", "particle", "prepare",
+           "record", "substitute", "tagged", "attach", "gradient", "is_continuation", "BRANCH"]
 
 sg = jax.lax.stop_gradient
 
@@ -78,6 +78,7 @@ class Target(NamedTuple):
     ordinal: int
     branch: Any
     particle: Any = None
+    value: Any = None  # a Term: the value itself (differentiable), for :func:`substitute`
 
 
 class Continuation(NamedTuple):
@@ -89,6 +90,18 @@ class Continuation(NamedTuple):
     branches: int  # J·D: branch values after the sample
     coord: Axis
     plates: frozenset  # plates of more than one element (substituted at once)
+
+
+class Relaxation(NamedTuple):
+    """``SiteRecord.static`` of a site whose costs at values of its own, computed in the main
+    pass and differentiable (its last ``count`` ``extra`` Terms, site-shaped as by
+    :func:`~stackvi.gradients.branches.site_term`), are evaluated by re-runs (``rebar``):
+    :func:`attach` appends one Term of costs per value, laid out like its log-density, with
+    the gradient through the value (the params stopped)."""
+
+    ordinal: int
+    count: int
+    plates: frozenset
 
 
 class _Session:
@@ -127,7 +140,7 @@ def particle(axis, index):
 
 
 def is_continuation(record: SiteRecord) -> bool:
-    return isinstance(record.static, Continuation)
+    return isinstance(record.static, (Continuation, Relaxation))
 
 
 def _plates(msg: dict) -> frozenset:
@@ -184,6 +197,37 @@ def prepare(msg: dict, decompose: Callable, who: str, block: int = 1) -> bool:
     return True
 
 
+def substitute(msg: dict, who: str):
+    """``(ordinal, value)`` for a site whose values a re-run substitutes (:class:`Relaxation`):
+    its ordinal in the run (``None`` outside an objective's run) and, in a re-run targeting
+    it, the value (shaped like the site's; the current particle's), else ``None``."""
+    s = active()
+    if s is None:
+        return None, None
+    from stackvi.handlers.enumerate import _current
+
+    scope = _current()
+    if scope is not None and scope.disabled:
+        return None, None
+    check_plated(msg, who)
+    ordinal, s.count = s.count, s.count + 1
+    t = s.target
+    if t is None or t.ordinal != ordinal or t.value is None:
+        return ordinal, None
+    array, names = t.value.array, t.value.names
+    for axis, index in _PARTICLES:  # outermost first, as with_axis stacked them
+        if names and names[0] == axis:
+            array, names = jnp.take(array, index, axis=0), names[1:]
+    fn = msg["fn"]
+    return ordinal, array.reshape(tuple(fn.batch_shape) + tuple(fn.event_shape))
+
+
+def tagged(msg: dict, value, who: str):
+    """``value`` tagged for the data flow as a continuation site's (its plates required)."""
+    return tag(value, f"continuation:{msg['name']}", msg["name"], dist_name(msg),
+               f"claimed by {who}", requires=_plates(msg))
+
+
 def record(msg: dict, kind: str) -> SiteRecord | None:
     """The record of a site :func:`prepare` drew (``None`` if it did not)."""
     got = msg["infer"].get("_stackvi_continuation")
@@ -196,8 +240,9 @@ def record(msg: dict, kind: str) -> SiteRecord | None:
 
 # --------------------------------------------------------------------------- the re-runs
 
-def _costs(value, records, record: SiteRecord):
-    """The program's value as costs laid out like ``record``'s log-density (no gradient)."""
+def _costs(value, records, record: SiteRecord, stop: bool = True):
+    """The program's value as costs laid out like ``record``'s log-density (no gradient
+    unless ``stop`` is false: Terms only)."""
     lp = record.log_prob
     if isinstance(value, Terms):
         branches = branch_axes(records)
@@ -209,7 +254,7 @@ def _costs(value, records, record: SiteRecord):
             f, names = select(t.array, t.names, branches)
             f = contract([(f, names)], w, t.label, keep=lp.names) if w else _align(f, names, lp)
             out = out + jnp.broadcast_to(f, lp.array.shape)
-        return sg(out)
+        return sg(out) if stop else out
     from stackvi.estimators.signals import LearningSignal
 
     cont = record.static
@@ -248,6 +293,9 @@ def attach(rerun: Callable, value, records: list, params) -> list:
     params = sg(params)
     out = list(records)
     for i, r in enumerate(records):
+        if isinstance(r.static, Relaxation):
+            out[i] = _relaxed(rerun, value, records, i, params)
+            continue
         if not is_continuation(r):
             continue
         cont, lp = r.static, r.log_prob
@@ -278,6 +326,37 @@ def attach(rerun: Callable, value, records: list, params) -> list:
         f = jnp.concatenate([_costs(value, records, r)[None], f])
         out[i] = r._replace(extra=r.extra + (Term("costs", sg(f), (BRANCH, *lp.names)),))
     return out
+
+
+def _relaxed(rerun: Callable, value, records: list, i: int, params) -> SiteRecord:
+    """Record ``i`` (a :class:`Relaxation`) with its costs at each of its values appended."""
+    r = records[i]
+    rel, lp = r.static, r.log_prob
+    if not isinstance(value, Terms):
+        raise ValueError(
+            f"site '{r.name}' (claimed by {r.kind}): its control variate re-evaluates the "
+            "costs of each element at a relaxed value, which needs a linear objective (Terms: "
+            "elbo); this objective's value is nonlinear in the particles (iwae, vimco, renyi). "
+            "Use relax, disarm or reinforce for it."
+        )
+    # A later score-function site whose distribution reads this one is drawn again at the
+    # relaxed value with the same noise: a step function of it, whose jump the pathwise
+    # gradient of the control variate misses (biased). Refused (data flow: upstream).
+    later = sorted({q.name for q in records[i + 1:]
+                    if q.name != r.name and (q.trace, q.name) not in r.upstream})
+    if later:
+        raise ValueError(
+            f"site '{r.name}' (claimed by {r.kind}): guide site(s) {later} drawn after it by a "
+            "score-function or branching strategy may depend on it; at its relaxed value they "
+            "would be drawn again with the same noise, a step function of the value, and the "
+            "control variate's pathwise gradient would be biased. Claim the later site(s) "
+            f"with a pathwise strategy, or use relax, disarm or reinforce for '{r.name}'."
+        )
+    costs = []
+    for t in r.extra[len(r.extra) - rel.count:]:
+        v, recs = rerun(params, Target(rel.ordinal, None, None, t), False)
+        costs.append(Term(f"f({t.label})", _costs(v, recs, r, stop=False), lp.names))
+    return r._replace(extra=r.extra + tuple(costs))
 
 
 def gradient(record: SiteRecord, ctx) -> jax.Array:

@@ -2,7 +2,8 @@
 
 Tracing and scoring: :class:`trace` (NumPyro's), :class:`density`.
 Gradient strategies: :class:`reparam`, :class:`reinforce`, :class:`enumerate`,
-:class:`mvd`, :class:`disarm`, :class:`arm`, :class:`relax`, :class:`unordered_set`; biased
+:class:`mvd`, :class:`disarm`, :class:`arm`, :class:`relax`, :class:`rebar`,
+:class:`unordered_set`; biased
 (claimed only with ``biased=True``): :class:`gumbel_softmax`, :class:`straight_through`;
 :class:`strategies` and :class:`configure` to choose them per site;
 :func:`simulate` (run a guide under its strategies).
@@ -18,6 +19,7 @@ from stackvi.handlers.density import density, trace_terms
 from stackvi.handlers.disarm import arm, disarm
 from stackvi.handlers.enumerate import enum_scope, enumerate
 from stackvi.handlers.mvd import mvd
+from stackvi.handlers.rebar import rebar
 from stackvi.handlers.relax import relax
 from stackvi.handlers.relaxed import gumbel_softmax, straight_through
 from stackvi.handlers.smc import SMCResult, smc_filter, smc_marginalize
@@ -56,6 +58,7 @@ __all__ = [
     "disarm",
     "arm",
     "relax",
+    "rebar",
     "unordered_set",
     "gumbel_softmax",
     "straight_through",
