@@ -310,15 +310,14 @@ class Objective:
         when a constraint depends on a random draw (it then holds a traced value)."""
         found: dict = {}
 
-        def probe(key):
+        def read(key):
             found.update({n: s["kwargs"].get("constraint", constraints.real)
                           for n, s in self._param_sites(key, args, kwargs).items()})
             return 0
 
-        jax.eval_shape(probe, random.PRNGKey(0))
+        jax.eval_shape(read, random.PRNGKey(0))
         if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(found)):
-            sites = self._param_sites(random.PRNGKey(0), args, kwargs)
-            found = {n: s["kwargs"].get("constraint", constraints.real) for n, s in sites.items()}
+            read(random.PRNGKey(0))  # eagerly: concrete constraints replace the traced ones
         return found
 
     def init_mutable(self, rng_key, *args, **kwargs) -> dict:
