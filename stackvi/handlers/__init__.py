@@ -3,7 +3,7 @@
 Tracing and scoring: :class:`trace` (NumPyro's), :class:`density`.
 Gradient strategies: :class:`reparam`, :class:`reinforce`, :class:`enumerate`,
 :class:`mvd`, :class:`disarm`, :class:`arm`, :class:`relax`, :class:`rebar`,
-:class:`unordered_set`; biased
+:class:`unordered_set`, :class:`arsm`; biased
 (claimed only with ``biased=True``): :class:`gumbel_softmax`, :class:`straight_through`;
 :class:`strategies` and :class:`configure` to choose them per site;
 :func:`simulate` (run a guide under its strategies).
@@ -15,6 +15,7 @@ NumPyro's handlers are re-exported unchanged: ``seed``, ``substitute``,
 
 from numpyro.handlers import block, condition, mask, replay, scale, seed, substitute, trace
 
+from stackvi.handlers.arsm import arsm
 from stackvi.handlers.density import density, trace_terms
 from stackvi.handlers.disarm import arm, disarm
 from stackvi.handlers.enumerate import enum_scope, enumerate
@@ -60,6 +61,7 @@ __all__ = [
     "relax",
     "rebar",
     "unordered_set",
+    "arsm",
     "gumbel_softmax",
     "straight_through",
     "enum_scope",
