@@ -170,13 +170,19 @@ def _bern_lp(v, p):
     return v * jnp.log(p) + (1 - v) * jnp.log1p(-p)
 
 
+def _bern_lp_logits(v, logit):
+    # log σ(l) = −softplus(−l), log(1 − σ(l)) = −softplus(l): finite where σ(l) rounds to 1.
+    return -v * jax.nn.softplus(-logit) - (1 - v) * jax.nn.softplus(logit)
+
+
 class HandAIR:
     """AIR's guide and model one step at a time in plain JAX: the compute-limit anchors.
 
     The same networks (stax apply functions, the same parameter pytree), the
     same transformer and densities as :mod:`stackvi.models.air`, no handlers
     and no traces. A step is split where ``z_pres_t`` is drawn: :meth:`attend`
-    (LSTM, predictor → the probability ``p_t``), then :meth:`place` (``z_where_t``,
+    (LSTM, predictor → the logit ``l_t`` of ``z_pres_t``, as the
+    stackvi guide: a saturated probability would make ``log q(z_pres = 0)`` infinite), then :meth:`place` (``z_where_t``,
     ``z_what_t``, the object on the canvas, and every log-density term of step
     ``t`` per image).
     """
@@ -199,16 +205,17 @@ class HandAIR:
                         air._cat(xb, s["z_what"], s["z_where"], s["present"][..., None]),
                         s["h"], s["c"])
         out = self.predict(params["predict$params"], h)
-        p = s["present"] * jax.nn.sigmoid(out[..., 0]) + (1 - s["present"]) * self.cfg.prior_at(t)
-        return {**s, "h": h, "c": c}, out, p
+        prior = self.cfg.prior_at(t)
+        logit = s["present"] * out[..., 0] + (1 - s["present"]) * math.log(prior / (1 - prior))
+        return {**s, "h": h, "c": c}, out, logit
 
-    def place(self, params, xb, key, s, out, p, z, t):
+    def place(self, params, xb, key, s, out, logit, z, t):
         """Step ``t`` after ``z_pres_t = z``: the new state and log p − log q of the step.
 
-        The ``z_pres`` guide term uses ``sg(p)``: its own score is the estimator's business.
+        The ``z_pres`` guide term uses ``sg(logit)``: its own score is the estimator's business.
         """
         cfg, k1, k2 = self.cfg, *jax.random.split(key)
-        lw = _bern_lp(z, cfg.prior_at(t)) - _bern_lp(z, jax.lax.stop_gradient(p))
+        lw = _bern_lp(z, cfg.prior_at(t)) - _bern_lp_logits(z, jax.lax.stop_gradient(logit))
         present = s["present"] * z
         loc = jnp.asarray(cfg.where_loc) + out[..., 1:4]
         scale = jnp.asarray(cfg.where_scale) * jax.nn.softplus(out[..., 4:7])
@@ -235,22 +242,22 @@ class HandAIR:
         s, lw, score = self.start(xb), jnp.zeros(xb.shape[0]), jnp.zeros(xb.shape[0])
         keys = jax.random.split(key, 2 * self.cfg.steps)
         for t in range(self.cfg.steps):
-            s, out, p = self.attend(params, xb, s, t)
-            z = jax.random.bernoulli(keys[2 * t], p).astype(xb.dtype)
-            score = score + _bern_lp(z, p)
-            s, term = self.place(params, xb, keys[2 * t + 1], s, out, p, z, t)
+            s, out, logit = self.attend(params, xb, s, t)
+            z = jax.random.bernoulli(keys[2 * t], jax.nn.sigmoid(logit)).astype(xb.dtype)
+            score = score + _bern_lp_logits(z, logit)
+            s, term = self.place(params, xb, keys[2 * t + 1], s, out, logit, z, t)
             lw = lw + term
         lw = lw + self.likelihood(xb, s)
         return jnp.sum(lw + (score - sg(score)) * sg(lw)), jnp.sum(lw)
 
-    def _continue(self, params, xb, key, s, out, p, z, t):
+    def _continue(self, params, xb, key, s, out, logit, z, t):
         """log p − log q of steps ``t..`` after ``z_pres_t = z`` (a fresh continuation)."""
         keys = jax.random.split(key, 2 * self.cfg.steps)
-        s, lw = self.place(params, xb, keys[0], s, out, p, z, t)
+        s, lw = self.place(params, xb, keys[0], s, out, logit, z, t)
         for u in range(t + 1, self.cfg.steps):
-            s, out, p = self.attend(params, xb, s, u)
-            z = jax.random.bernoulli(keys[2 * u], p).astype(xb.dtype)
-            s, term = self.place(params, xb, keys[2 * u + 1], s, out, p, z, u)
+            s, out, logit = self.attend(params, xb, s, u)
+            z = jax.random.bernoulli(keys[2 * u], jax.nn.sigmoid(logit)).astype(xb.dtype)
+            s, term = self.place(params, xb, keys[2 * u + 1], s, out, logit, z, u)
             lw = lw + term
         return lw + self.likelihood(xb, s)
 
@@ -269,12 +276,14 @@ class HandAIR:
         extra = jnp.zeros(())
         both = jnp.array([1.0, 0.0])[:, None]
         for t in range(self.cfg.steps):
-            s, out, p = self.attend(params, xb, s, t)
+            s, out, logit = self.attend(params, xb, s, t)
+            p = jax.nn.sigmoid(logit)
             z = jax.random.bernoulli(keys[3 * t], p).astype(xb.dtype)
             # The branches see the state and params, not their gradients.
-            f = self._continue(sg(params), xb, keys[3 * t + 2], sg(s), sg(out), sg(p), both, t)
+            f = self._continue(sg(params), xb, keys[3 * t + 2], sg(s), sg(out), sg(logit), both,
+                               t)
             extra = extra + jnp.sum((p - sg(p)) * sg(f[0] - f[1]))
-            s, term = self.place(params, xb, keys[3 * t + 1], s, out, p, z, t)
+            s, term = self.place(params, xb, keys[3 * t + 1], s, out, logit, z, t)
             lw = lw + term
         lw = lw + self.likelihood(xb, s)
         return jnp.sum(lw) + extra, jnp.sum(lw)
