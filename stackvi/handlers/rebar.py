@@ -59,25 +59,14 @@ True
 from __future__ import annotations
 
 import math
-import re
 
 import jax
 import jax.numpy as jnp
 import numpyro
-from jax import random
 
 from stackvi.axes import Axis
-from stackvi.gradients import (
-    SiteRecord,
-    Strategy,
-    bernoulli_base,
-    contract,
-    plated_term,
-    register,
-    rerun,
-    site_term,
-)
-from stackvi.handlers.relax import _coordinate_mask, _unwrap
+from stackvi.gradients import SiteRecord, contract, plated_term, register, rerun, site_term
+from stackvi.handlers.bernoulli_cv import ControlVariateStrategy, bernoulli_log_q, draw
 from stackvi.terms import site_log_prob
 
 __all__ = ["rebar", "PREFIX"]
@@ -88,24 +77,19 @@ sg = jax.lax.stop_gradient
 
 
 @register
-class rebar(Strategy):
+class rebar(ControlVariateStrategy):
     """REBAR for the claimed Bernoulli sites (module docstring)."""
 
     name = "rebar"
-    detach_own_term = True  # E[∇ log q(b)] = 0: its own log q enters the value detached
+    why_bernoulli = (" (its control variate sets the site to a relaxed value in [0, 1], which "
+                     "only a Bernoulli's log-density extends to)")
+    params_are = "rebar's η and temperature are params"
 
     def __init__(self, fn=None, sites=None, *, eta: float = 1.0, temperature: float = 0.5):
         super().__init__(fn, sites, eta=eta, temperature=temperature)
 
     @classmethod
-    def _check(cls, msg, claimer):
-        if bernoulli_base(msg["fn"]) is None:
-            raise ValueError(
-                f"{claimer}: site '{msg['name']}' ({type(_unwrap(msg['fn'])[0]).__name__}) is "
-                f"not a Bernoulli; {cls.name} handles Bernoulli sites only (its control variate "
-                "sets the site to a relaxed value in [0, 1], which only a Bernoulli's "
-                "log-density extends to). Use mvd, enumerate, unordered_set or reinforce for it."
-            )
+    def check_options(cls, msg, claimer):
         eta = msg["infer"].get("eta", 1.0)
         temperature = msg["infer"].get("temperature", 0.5)
         if not (isinstance(eta, (int, float)) and math.isfinite(eta)):
@@ -116,61 +100,23 @@ class rebar(Strategy):
                              f"got {temperature!r}")
 
     @classmethod
-    def validate(cls, msg, claimer):
-        cls._check(msg, claimer)
-        msg["infer"]["_stackvi_rebar_claimed"] = True
-
-    @classmethod
     def prepare(cls, msg):
-        if msg["value"] is not None:
-            return
-        claimer = f"infer={{'strategy': '{cls.name}'}}"
-        cls._check(msg, claimer)
-        if not msg["infer"].get("_stackvi_rebar_claimed"):
-            raise ValueError(
-                f"{claimer}: site '{msg['name']}' is claimed by rebar in its infer dict, but "
-                "rebar's η and temperature are params that objective.init only sees when a "
-                "handler claims the site: use rebar(guide, sites=[...]), strategies or configure."
-            )
-        key = numpyro.prng_key()
+        key = cls.checked_key(msg)
         if key is None:
             return
-        fn = msg["fn"]
-        shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
-        logits = jnp.broadcast_to(bernoulli_base(fn).logits, shape)
-        ku, kv = random.split(key)
-        tiny = jnp.finfo(jnp.result_type(float)).tiny
-        u = random.uniform(ku, shape, minval=tiny)
-        v = random.uniform(kv, shape, minval=tiny)
-        z = logits + jnp.log(u) - jnp.log1p(-u)  # logistic(α): b = H(z) ~ Bernoulli(σ(α))
-        b = (sg(z) > 0).astype(z.dtype)
-        z_tilde = jnp.where(b == 1.0, jax.nn.softplus(logits + jnp.log(v)) - jnp.log1p(-v),
-                            -(jax.nn.softplus(-logits + jnp.log(v)) - jnp.log1p(-v)))
+        logits, b, z, z_tilde = draw(msg, key)
         pre = f"{PREFIX}{msg['name']}:"
-        try:
+        with cls.params_in(msg):
             eta = numpyro.param(pre + "eta", jnp.asarray(float(msg["infer"].get("eta", 1.0))))
             log_t = numpyro.param(pre + "log_temperature", jnp.log(jnp.asarray(
                 float(msg["infer"].get("temperature", 0.5)))))
-        except KeyError as err:  # substitute_params: a param missing from the params dict
-            found = re.search(r"param site '([^']*)'", str(err))
-            missing = f" '{found.group(1)}'" if found else ""
-            raise ValueError(
-                f"rebar: site '{msg['name']}': its parameter{missing} is not in params; "
-                "objective.init creates it when the guide claims the site with rebar."
-            ) from err
         ordinal, value = rerun.substitute(msg, cls.name)
         msg["infer"]["_stackvi_rebar"] = (logits, b, z, z_tilde, eta, log_t, ordinal, value,
                                           frozenset({pre + "eta", pre + "log_temperature"}))
 
     @classmethod
     def transform(cls, msg):
-        got = msg["infer"].get("_stackvi_rebar")
-        if got is None:
-            raise ValueError(
-                f"site '{msg['name']}' is claimed by {cls.name} outside an objective: run it "
-                "through one (estimators.elbo) under a seed."
-            )
-        b, ordinal, value = got[1], got[6], got[7]
+        _, b, _, _, _, _, ordinal, value, _ = cls.prepared(msg)
         value = sg(b) if value is None else value  # a re-run's relaxed value: differentiable
         if ordinal is not None:
             value = rerun.tagged(msg, value, cls.name)
@@ -182,12 +128,8 @@ class rebar(Strategy):
         logits, b, z, z_tilde, eta, log_t, ordinal, _, names = msg["infer"]["_stackvi_rebar"]
         fn = msg["fn"]
         batch, event = tuple(fn.batch_shape), tuple(fn.event_shape)
-        shape = batch + event
         size = math.prod(event)
-        mask = _coordinate_mask(msg, shape)
-        lq = b * logits - jax.nn.softplus(logits)  # log p(b) per coordinate (stable at α = 0)
-        if mask is not None:
-            lq = lq * mask
+        lq, mask = bernoulli_log_q(msg, logits, b)
         lq = lq.reshape(batch + (size,)).sum(-1)
         m = jnp.ones(batch) if mask is None else jnp.max(mask.reshape(batch + (size,)), -1)
         element = Axis(f"rebar:{msg['name']}:element")

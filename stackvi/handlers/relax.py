@@ -58,25 +58,15 @@ True
 from __future__ import annotations
 
 import math
-import re
 
 import jax
 import jax.numpy as jnp
 import numpyro
-from jax import random
 from numpyro.primitives import Messenger
 
 from stackvi.axes import Axis
-from stackvi.gradients import (
-    SiteRecord,
-    Strategy,
-    bernoulli_base,
-    check_plated,
-    contract,
-    plated_term,
-    register,
-    select,
-)
+from stackvi.gradients import SiteRecord, check_plated, contract, plated_term, register, select
+from stackvi.handlers.bernoulli_cv import ControlVariateStrategy, bernoulli_log_q, draw
 from stackvi.terms import Term, site_log_prob
 
 __all__ = ["relax", "PREFIX"]
@@ -84,39 +74,6 @@ __all__ = ["relax", "PREFIX"]
 PREFIX = "relax:"  # reserved: the default control variate's params are relax:<site>:...
 
 sg = jax.lax.stop_gradient
-
-_WRAPPERS = ("ExpandedDistribution", "MaskedDistribution", "Independent")
-
-
-def _unwrap(fn):
-    """``(base, masks)``: the distribution under expand/mask/to_event, and every
-    ``.mask(m)`` met on the way as ``(m, batch_shape, event_shape)`` of its level."""
-    masks = []
-    while type(fn).__name__ in _WRAPPERS:
-        if type(fn).__name__ == "MaskedDistribution":
-            masks.append((fn._mask, tuple(fn.batch_shape), tuple(fn.event_shape)))
-        fn = fn.base_dist
-    return fn, masks
-
-
-def _coordinate_mask(msg, shape):
-    """``None`` or a 0/1 array of ``shape`` (batch + event): the site's unmasked coordinates."""
-    out = None
-    for m, batch, event in _unwrap(msg["fn"])[1]:
-        if m is True:
-            continue
-        m = jnp.broadcast_to(jnp.asarray(m), batch)
-        m = jnp.broadcast_to(m.reshape(batch + (1,) * len(event)), batch + event)
-        out = m if out is None else out & m
-    site_mask = msg.get("mask")
-    if site_mask is not None and site_mask is not True:
-        n = len(msg["fn"].event_shape)
-        batch = shape[:len(shape) - n]
-        m = jnp.broadcast_to(jnp.asarray(site_mask), batch).reshape(batch + (1,) * n)
-        out = m if out is None else out & m
-    if out is None:
-        return None
-    return jnp.broadcast_to(out, shape).astype(jnp.result_type(float))
 
 
 def mlp(z, site, hidden: int = 16):
@@ -146,23 +103,19 @@ class _param_names(Messenger):
 
 
 @register
-class relax(Strategy):
+class relax(ControlVariateStrategy):
     """RELAX with a learned control variate for the claimed Bernoulli sites (module docstring)."""
 
     name = "relax"
-    detach_own_term = True  # E[∇ log q(b)] = 0: its own log q enters the value detached
+    params_are = "relax's default control variate has parameters"
+    or_else = " (or pass a parameter-free control_variate)"
+    whose_params = "its control variate's"
 
     def __init__(self, fn=None, sites=None, *, control_variate=None, hidden: int = 16):
         super().__init__(fn, sites, control_variate=control_variate, hidden=hidden)
 
     @classmethod
-    def _check(cls, msg, claimer):
-        if bernoulli_base(msg["fn"]) is None:
-            raise ValueError(
-                f"{claimer}: site '{msg['name']}' ({type(_unwrap(msg['fn'])[0]).__name__}) is "
-                f"not a Bernoulli; {cls.name} handles Bernoulli sites only. Use mvd, enumerate, "
-                "unordered_set or reinforce for it."
-            )
+    def check_options(cls, msg, claimer):
         cv = msg["infer"].get("control_variate")
         if cv is not None and not callable(cv):
             raise ValueError(f"{claimer}: site '{msg['name']}': control_variate must be a "
@@ -173,59 +126,24 @@ class relax(Strategy):
                              f"got {hidden!r}")
 
     @classmethod
-    def validate(cls, msg, claimer):
-        cls._check(msg, claimer)
-        # claim() validates before prepare; a claim in the site's infer dict does not.
-        msg["infer"]["_stackvi_relax_claimed"] = True
+    def needs_handler(cls, msg):
+        return msg["infer"].get("control_variate") is None  # a user's may have no params
 
     @classmethod
     def prepare(cls, msg):
-        if msg["value"] is not None:
-            return
-        claimer = f"infer={{'strategy': '{cls.name}'}}"
-        cls._check(msg, claimer)
-        cv = msg["infer"].get("control_variate")
-        if cv is None and not msg["infer"].get("_stackvi_relax_claimed"):
-            raise ValueError(
-                f"{claimer}: site '{msg['name']}' ({type(_unwrap(msg['fn'])[0]).__name__}) is "
-                "claimed by relax in its infer dict, but relax's default control variate has "
-                "parameters that objective.init only sees when a handler claims the site: use "
-                "relax(guide, sites=[...]), strategies or configure (or pass a parameter-free "
-                "control_variate)."
-            )
-        key = numpyro.prng_key()
+        key = cls.checked_key(msg)
         if key is None:
             return
         check_plated(msg, cls.name)
-        fn = msg["fn"]
-        shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
-        logits = jnp.broadcast_to(bernoulli_base(fn).logits, shape)
-        ku, kv = random.split(key)
-        tiny = jnp.finfo(jnp.result_type(float)).tiny
-        u = random.uniform(ku, shape, minval=tiny)
-        v = random.uniform(kv, shape, minval=tiny)
-        z = logits + jnp.log(u) - jnp.log1p(-u)  # logistic(α): b = H(z) ~ Bernoulli(σ(α))
-        b = (sg(z) > 0).astype(z.dtype)
-        # z̃ ~ p(z | b), reparameterized: u' uniform on b's side of σ(−α), written stably.
-        z_tilde = jnp.where(b == 1.0, jax.nn.softplus(logits + jnp.log(v)) - jnp.log1p(-v),
-                            -(jax.nn.softplus(-logits + jnp.log(v)) - jnp.log1p(-v)))
+        logits, b, z, z_tilde = draw(msg, key)
+        cv = msg["infer"].get("control_variate")
         control = cv if cv is not None else (
             lambda x, site: mlp(x, site, msg["infer"].get("hidden", 16)))
         collect = _param_names()
-        try:
-            with collect:
-                c, c_tilde = control(z, msg), control(z_tilde, msg)
-        except KeyError as err:  # substitute_params: a param missing from the params dict
-            found = re.search(r"param site '([^']*)'", str(err))
-            missing = f" '{found.group(1)}'" if found else ""
-            raise ValueError(
-                f"relax: site '{msg['name']}': its control variate's parameter{missing} is not "
-                "in params; objective.init creates it when the guide claims the site with relax "
-                "(and fit trains it on the gradient's variance): relax cannot run, or be "
-                "measured, with params made without it."
-            ) from err
+        with cls.params_in(msg), collect:
+            c, c_tilde = control(z, msg), control(z_tilde, msg)
         c, c_tilde = jnp.asarray(c), jnp.asarray(c_tilde)
-        batch = tuple(fn.batch_shape)
+        batch, shape = tuple(msg["fn"].batch_shape), z.shape
         for out in (c, c_tilde):
             if out.shape not in (shape, batch):
                 raise ValueError(
@@ -237,12 +155,7 @@ class relax(Strategy):
 
     @classmethod
     def transform(cls, msg):
-        if "_stackvi_relax" not in msg["infer"]:
-            raise ValueError(
-                f"site '{msg['name']}' is claimed by {cls.name} outside an objective: run it "
-                "through one (estimators.elbo) under a seed."
-            )
-        msg["value"] = sg(msg["infer"]["_stackvi_relax"][1])
+        msg["value"] = sg(cls.prepared(msg)[1])
         msg["intermediates"] = []
 
     @classmethod
@@ -252,10 +165,7 @@ class relax(Strategy):
         batch, event = tuple(fn.batch_shape), tuple(fn.event_shape)
         shape = batch + event
         size = math.prod(event)
-        mask = _coordinate_mask(msg, shape)
-        lq = b * logits - jax.nn.softplus(logits)  # log p(b) per coordinate (stable at α = 0)
-        if mask is not None:
-            lq = lq * mask
+        lq, mask = bernoulli_log_q(msg, logits, b)
         if c.shape != shape:  # one value per element: its event's coordinates together
             m = None if mask is None else jnp.max(mask.reshape(batch + (size,)), -1)
             c, c_tilde = (x if m is None else x * m for x in (c, c_tilde))
