@@ -73,16 +73,15 @@ from jax import random
 
 from stackvi.gradients import (
     Axis,
-    SiteRecord,
     Strategy,
     contract,
     dist_name,
     plated_term,
     register,
+    rerun,
     select,
     unwrapped,
 )
-from stackvi.gradients import rerun
 
 __all__ = ["arsm", "swap_pairs", "pseudo_actions", "swap_weights"]
 

@@ -30,14 +30,20 @@ def test_estimator_exact_in_expectation(c):
     phi = jnp.array([0.3, -1.2, 0.8, 0.0, 2.0])[:c]
     f = jnp.array([1.5, -0.7, 3.1, 0.2, -2.0])[:c]
     exact = jax.grad(lambda t: jnp.sum(jax.nn.softmax(t) * f))(phi)
-    n = 100_000
-    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-    z = jax.random.categorical(k1, phi, shape=(n,))
-    ys, pi = pseudo_actions(jnp.broadcast_to(phi, (n, c)), z, k2)
-    # π given z is the race's: z is its arg-min, and its marginal is Dirichlet(1)
-    assert bool(jnp.all(jnp.argmin(jnp.log(pi) - jax.nn.log_softmax(phi), -1) == z))
-    assert_unbiased(pi, jnp.full(c, 1.0 / c), "E[π]")
-    g = jnp.einsum("ncj,nj->nc", swap_weights(pi), f[ys].T - f[z][:, None])
+
+    @jax.jit
+    def draw(key):
+        k1, k2 = jax.random.split(key)
+        z = jax.random.categorical(k1, phi, shape=(40_000,))
+        ys, pi = pseudo_actions(jnp.broadcast_to(phi, (40_000, c)), z, k2)
+        g = jnp.einsum("ncj,nj->nc", swap_weights(pi), f[ys].T - f[z][:, None])
+        # π given z is the race's: z is its arg-min
+        won = jnp.all(jnp.argmin(jnp.log(pi) - jax.nn.log_softmax(phi), -1) == z)
+        return pi, g, won
+
+    pi, g, won = draw(jax.random.PRNGKey(0))
+    assert bool(won)
+    assert_unbiased(pi, jnp.full(c, 1.0 / c), "E[π] (Dirichlet(1) marginal)")
     assert_unbiased(g, exact, f"ARSM g (C={c})")
 
 
@@ -68,7 +74,8 @@ def _one_site(c, probs=False):
 A5 = jnp.array([0.2, -0.4, 0.9, 0.0, -1.1])
 
 
-@pytest.mark.parametrize("c,probs", [(3, False), (5, False), (4, True)])
+@pytest.mark.parametrize("c,probs", [(3, False), pytest.param(5, False, marks=pytest.mark.slow),
+                                     pytest.param(4, True, marks=pytest.mark.slow)])
 def test_one_site_unbiased_against_enumeration(c, probs):
     model, guide, exact = _one_site(c, probs)
     a = A5[:c]
@@ -78,11 +85,13 @@ def test_one_site_unbiased_against_enumeration(c, probs):
     assert_unbiased(grads["a"], jax.grad(exact)(a), f"d/da (C={c}, probs={probs})")
 
 
-def test_variance_below_reinforce_and_measured_against_mvd():
+def test_variance_below_reinforce():
+    """Measured (20,000 keys): Var d/da summed 0.50 (arsm, 10 swaps) vs 3.41 (reinforce);
+    mvd is exact here (0, at 5 re-runs), unordered_set k=3 0.34 (docs/strategies.md)."""
     model, guide, exact = _one_site(5)
     params = {"a": A5}
-    _, ar = per_key(estimators.elbo(model, handlers.arsm(guide)), params, 4000)
-    _, rf = per_key(estimators.elbo(model, handlers.reinforce(guide)), params, 4000, seed=1)
+    _, ar = per_key(estimators.elbo(model, handlers.arsm(guide)), params, 2000)
+    _, rf = per_key(estimators.elbo(model, handlers.reinforce(guide)), params, 2000, seed=1)
     for j in range(5):
         assert_lower_variance(ar["a"][:, j], rf["a"][:, j], f"d/da[{j}] arsm vs reinforce")
 
@@ -143,6 +152,7 @@ def plated_exact(p):
     return jnp.sum(jax.vmap(given_s)(s) * GH_W) / jnp.sqrt(jnp.pi)
 
 
+@pytest.mark.slow
 def test_plated_site_with_dependent_later_site_unbiased():
     obj = estimators.elbo(plated_model, handlers.arsm(plated_guide, sites=["c"]))
     values, grads = per_key(obj, PLATED, 4000)
@@ -177,6 +187,7 @@ def iwae2_exact(a):
     return jnp.sum(jnp.exp(lq[:, :, None] + lq[:, None, :]) * pair)
 
 
+@pytest.mark.slow
 def test_iwae_per_datapoint_unbiased():
     a = jnp.array([[0.4, -0.2, 0.1], [-0.7, 0.3, 0.9]])
     obj = estimators.iwae(iwae_model, handlers.arsm(iwae_guide), num_particles=2)
