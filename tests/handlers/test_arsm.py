@@ -96,6 +96,17 @@ def test_variance_below_reinforce():
         assert_lower_variance(ar["a"][:, j], rf["a"][:, j], f"d/da[{j}] arsm vs reinforce")
 
 
+@pytest.mark.slow  # the eager run dispatches op by op (~25 s)
+def test_eager_equals_jit():
+    model, guide, _ = _one_site(3)
+    obj = estimators.elbo(model, handlers.arsm(guide))
+    params, key = {"a": A5[:3]}, jax.random.PRNGKey(7)
+    eager, jitted = obj.value_and_grad(params, key), jax.jit(obj.value_and_grad)(params, key)
+    np.testing.assert_allclose(eager[0], jitted[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(eager[1]["a"], jitted[1]["a"], rtol=1e-5, atol=1e-6)
+    assert float(jnp.sum(jnp.abs(jitted[1]["a"]))) > 0
+
+
 # --------------------------------------------------------------------------- a plate
 
 X = jnp.array([0.7, 2.2, -0.4])
