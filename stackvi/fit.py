@@ -73,6 +73,7 @@ _DEFAULT_OPTIMIZER = optax.adam(1e-3)
 _CACHE: OrderedDict = OrderedDict()  # compiled loops, most recent last
 _CACHE_SIZE = 16
 _clock = time.monotonic  # when checkpoints are due (tests replace it)
+CHUNK_SECONDS = 0.2  # a chunk's target length once a step's time is known (progress: 5/s)
 TRACES = 0  # how many times a step loop was traced (each trace is one compilation)
 
 
@@ -230,6 +231,11 @@ def fit(
     ``optimizer``: an optax ``GradientTransformation`` or a ``numpyro.optim``
     optimizer (``numpyro.optim.Adam(1e-3)``), which steps as in NumPyro's ``SVI``.
 
+    ``chunk_size``: steps per call of the compiled loop (between progress updates
+    and checks). Default: ``num_steps // 100`` at first, then as many as run in
+    about :data:`CHUNK_SECONDS` (at most 256), so a fast model does not pay a
+    host round trip every few steps. Chunking never changes the numbers.
+
     ``static_args``: how ``args``/``kwargs`` enter the compiled loop. ``None``
     (default): array arguments are traced (one compilation serves any data of
     the same shapes); if the model needs concrete values (``int(np.max(x))``,
@@ -309,6 +315,8 @@ def fit(
         while state[1] < num_steps:
             done = state[1]
             n = min(chunk, num_steps - done)
+            if chunk_size is None and per_step:  # ~CHUNK_SECONDS a chunk: few host round trips
+                n = min(max(n, int(CHUNK_SECONDS / per_step)), size, num_steps - done)
             if every_steps:
                 n = min(n, every_steps - done % every_steps)
             if per_step and every_s:  # keep a chunk well under the checkpoint interval
