@@ -295,6 +295,13 @@ def test_non_finite_gradient_stops_with_the_last_good_state(tmp_path):
     # the last good state is the one whose gradient is NaN: m just crossed 1, finite
     assert 1.0 <= float(good.raw_params["m"]) < 2.0 and np.all(np.isfinite(good.history))
     assert info.value.checkpoint == path
+    # the failing chunk is re-run step by step: its last good state is the one a fit
+    # stopped right there reaches, bit for bit (the step fell mid-chunk: 16 does not divide it)
+    assert step % 16
+    stopped = sv.fit(obj, jax.random.PRNGKey(0), optimizer=optax.sgd(0.05), num_steps=step,
+                     chunk_size=16, progress=False)
+    assert np.array_equal(stopped.raw_params["m"], good.raw_params["m"])
+    np.testing.assert_array_equal(stopped.history, good.history)
 
 
 @pytest.mark.filterwarnings("ignore:fit. the params after")  # huge params: no constrained ones
