@@ -50,6 +50,7 @@ from stackvi.gradients.strategy import (
     claim,
     dist_name,
     register,
+    require_family,
     simulate,
     unwrapped,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "simulate",
     "Trace",
     "dist_name",
+    "require_family",
     "unwrapped",
     "bernoulli_base",
     "score_model",

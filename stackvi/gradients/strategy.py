@@ -95,6 +95,26 @@ def dist_name(msg: dict) -> str:
     return type(unwrapped(msg["fn"])).__name__
 
 
+def require_family(found, msg: dict, claimer: str, strategy: str, family: str, *,
+                   why: str = "", instead: str = "mvd, enumerate or reinforce") -> None:
+    """Refuse a site outside the family ``strategy`` handles (``found`` is falsy).
+
+    The error names the claimer, the site, its distribution (through NumPyro's
+    wrappers), the family and what to use instead; ``why`` (``" (…)"``) says why.
+
+    >>> import numpyro.distributions as dist
+    >>> msg = {"name": "x", "fn": dist.Normal(0.0, 1.0).expand([3]).to_event(1)}
+    >>> require_family(None, msg, "configure", "disarm", "Bernoulli")
+    Traceback (most recent call last):
+    ValueError: configure: site 'x' (Normal) is not a Bernoulli; disarm handles Bernoulli \
+sites only. Use mvd, enumerate or reinforce for it.
+    """
+    if not found:
+        raise ValueError(
+            f"{claimer}: site '{msg['name']}' ({dist_name(msg)}) is not a {family}; {strategy} "
+            f"handles {family} sites only{why}. Use {instead} for it.")
+
+
 def claim(msg: dict, name: str, options: dict, claimer: str) -> None:
     """Record ``name`` as the site's strategy unless an inner handler already did."""
     if "strategy" in msg["infer"]:

@@ -82,6 +82,7 @@ from stackvi.gradients import (
     dist_name,
     plated_term,
     register,
+    require_family,
     rerun,
     select,
     unwrapped,
@@ -151,12 +152,9 @@ class arsm(Strategy):
 
     @classmethod
     def validate(cls, msg, claimer):
-        if _categorical(msg["fn"]) is None:
-            raise ValueError(
-                f"{claimer}: site '{msg['name']}' ({dist_name(msg)}) is not a Categorical; "
-                f"{cls.name} handles Categorical sites only (logits or probs). Use disarm for "
-                "Bernoulli sites, mvd, enumerate or reinforce for others."
-            )
+        require_family(_categorical(msg["fn"]), msg, claimer, cls.name, "Categorical",
+                       why=" (logits or probs)",
+                       instead="disarm for Bernoulli sites, mvd, enumerate or reinforce for others")
         if _categorical(msg["fn"]).logits.shape[-1] < 2:
             raise ValueError(
                 f"{claimer}: site '{msg['name']}' ({dist_name(msg)}) has a single category: "

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpyro
 from jax import random
 
-from stackvi.gradients import Strategy, bernoulli_base, dist_name
+from stackvi.gradients import Strategy, bernoulli_base, dist_name, require_family
 
 __all__ = ["ControlVariateStrategy", "draw", "bernoulli_log_q", "coordinate_mask"]
 
@@ -119,12 +119,8 @@ class ControlVariateStrategy(Strategy):
 
     @classmethod
     def check(cls, msg, claimer):
-        if bernoulli_base(msg["fn"]) is None:
-            raise ValueError(
-                f"{claimer}: site '{msg['name']}' ({dist_name(msg)}) is "
-                f"not a Bernoulli; {cls.name} handles Bernoulli sites only{cls.why_bernoulli}. "
-                "Use mvd, enumerate, unordered_set or reinforce for it."
-            )
+        require_family(bernoulli_base(msg["fn"]), msg, claimer, cls.name, "Bernoulli",
+                       why=cls.why_bernoulli, instead="mvd, enumerate, unordered_set or reinforce")
         cls.check_options(msg, claimer)
 
     @classmethod

@@ -49,6 +49,7 @@ from stackvi.gradients import (
     contract,
     lay_out,
     register,
+    require_family,
     select,
     site_term,
     upstream_weights,
@@ -70,12 +71,7 @@ class disarm(Strategy):
 
     @classmethod
     def validate(cls, msg, claimer):
-        if bernoulli_base(msg["fn"]) is None:
-            raise ValueError(
-                f"{claimer}: site '{msg['name']}' ({type(msg['fn']).__name__}) is not a "
-                f"Bernoulli; {cls.name} handles Bernoulli sites only. Use mvd, enumerate or "
-                "reinforce for it."
-            )
+        require_family(bernoulli_base(msg["fn"]), msg, claimer, cls.name, "Bernoulli")
 
     @staticmethod
     def pair_weight(u, p, b, anti, logits):

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpyro
 from jax import random
 
-from stackvi.gradients import Strategy, bernoulli_base, register
+from stackvi.gradients import Strategy, bernoulli_base, register, require_family
 
 __all__ = ["gumbel_softmax", "straight_through"]
 
@@ -59,13 +59,9 @@ class gumbel_softmax(Strategy):
 
     @classmethod
     def validate(cls, msg, claimer):
-        if bernoulli_base(msg["fn"]) is None:
-            raise ValueError(
-                f"{claimer}: site '{msg['name']}' ({type(msg['fn']).__name__}) is not a "
-                f"Bernoulli; {cls.name} relaxes Bernoulli sites only (a Categorical's value is "
-                "an integer index, which cannot carry a relaxed gradient). Use unordered_set, "
-                "enumerate, mvd or reinforce for it."
-            )
+        require_family(bernoulli_base(msg["fn"]), msg, claimer, cls.name, "Bernoulli",
+                       why=" (a Categorical's value is an integer index, which cannot carry a "
+                       "relaxed gradient)", instead="unordered_set, enumerate, mvd or reinforce")
         if msg["infer"].get("biased") is not True:
             raise ValueError(
                 f"{claimer}: site '{msg['name']}' is claimed by {cls.name}, whose gradient is "

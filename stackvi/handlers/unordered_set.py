@@ -66,6 +66,7 @@ from stackvi.gradients import (
     contract,
     lay_out,
     register,
+    require_family,
     select,
     site_term,
     upstream_weights,
@@ -155,12 +156,8 @@ class unordered_set(Strategy):
     @staticmethod
     def validate(msg, claimer):
         base = _categorical(msg["fn"])
-        if base is None:
-            raise ValueError(
-                f"{claimer}: site '{msg['name']}' ({type(msg['fn']).__name__}) is not a "
-                "Categorical; unordered_set handles Categorical sites only. Use enumerate, "
-                "mvd or reinforce for it."
-            )
+        require_family(base, msg, claimer, "unordered_set", "Categorical",
+                       instead="enumerate, mvd or reinforce")
         k, n = msg["infer"].get("k", 2), base.logits.shape[-1]
         if not isinstance(k, int) or not 2 <= k <= min(n, MAX_K):
             raise ValueError(
