@@ -181,10 +181,10 @@ class HandAIR:
     The same networks (stax apply functions, the same parameter pytree), the
     same transformer and densities as :mod:`stackvi.models.air`, no handlers
     and no traces. A step is split where ``z_pres_t`` is drawn: :meth:`attend`
-    (LSTM, predictor → the logit ``l_t`` of ``z_pres_t``, as the
-    stackvi guide: a saturated probability would make ``log q(z_pres = 0)`` infinite), then :meth:`place` (``z_where_t``,
-    ``z_what_t``, the object on the canvas, and every log-density term of step
-    ``t`` per image).
+    (LSTM, predictor → the logit ``l_t`` of ``z_pres_t``, as in the stackvi guide: a
+    saturated probability would make ``log q(z_pres = 0)`` infinite), then :meth:`place`
+    (``z_where_t``, ``z_what_t``, the object on the canvas, and every log-density term
+    of step ``t`` per image).
     """
 
     def __init__(self, cfg: air.AIRConfig):
