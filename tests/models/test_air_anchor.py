@@ -29,7 +29,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 def bench():
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        import air as bench_air   # benchmarks/air.py
+        import air as bench_air  # benchmarks/air.py
     finally:
         sys.path.remove(str(BENCHMARKS))
     return bench_air
