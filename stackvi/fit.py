@@ -234,7 +234,9 @@ def fit(
     ``chunk_size``: steps per call of the compiled loop (between progress updates
     and checks). Default: ``num_steps // 100`` at first, then as many as run in
     about :data:`CHUNK_SECONDS` (at most 256), so a fast model does not pay a
-    host round trip every few steps. Chunking never changes the numbers.
+    host round trip every few steps (in one process; across processes every chunk
+    is ``num_steps // 100``, so all run the same calls). Chunking never changes
+    the numbers.
 
     ``static_args``: how ``args``/``kwargs`` enter the compiled loop. ``None``
     (default): array arguments are traced (one compilation serves any data of
@@ -308,6 +310,7 @@ def fit(
                        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         return checkpoint
 
+    single_process = jax.process_count() == 1
     bar = tqdm(total=num_steps, initial=state[1], disable=not progress, desc=objective.name,
                unit="step", dynamic_ncols=True)
     try:
@@ -315,11 +318,13 @@ def fit(
         while state[1] < num_steps:
             done = state[1]
             n = min(chunk, num_steps - done)
-            if chunk_size is None and per_step:  # ~CHUNK_SECONDS a chunk: few host round trips
+            if chunk_size is None and per_step and single_process:
+                # ~CHUNK_SECONDS a chunk: few host round trips. Not across processes: each
+                # would time its own steps, and their collectives must meet in the same calls.
                 n = min(max(n, int(CHUNK_SECONDS / per_step)), size, num_steps - done)
             if every_steps:
                 n = min(n, every_steps - done % every_steps)
-            if per_step and every_s:  # keep a chunk well under the checkpoint interval
+            if per_step and every_s and single_process:  # well under the checkpoint interval
                 n = max(1, min(n, int(every_s / 4 / per_step)))
             t0 = time.perf_counter()
             try:
