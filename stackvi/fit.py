@@ -162,6 +162,11 @@ def _make_loop(objective, optimizer, merge, size):
     return jax.jit(loop), step
 
 
+def _chunk_finite(values, carry) -> bool:
+    """Whether a chunk's values (host array) and the state it ended in are all finite."""
+    return bool(np.all(np.isfinite(values))) and bool(_all_finite(carry))
+
+
 def _last_good(loop, carry, base_key, done, n, dynamic):
     """``(steps, carry)``: how many of the chunk's ``n`` steps from ``carry`` (after ``done``
     steps) kept the value and the state finite, and the state after them.
@@ -171,7 +176,7 @@ def _last_good(loop, carry, base_key, done, n, dynamic):
     """
     for i in range(n):
         new, values = loop(carry, base_key, jnp.int32(done + i), jnp.int32(1), dynamic)
-        if not (np.isfinite(np.asarray(values)[0]) and bool(_all_finite(new))):
+        if not _chunk_finite(np.asarray(values)[:1], new):
             return i, carry
         carry = new
     return n, carry
@@ -339,7 +344,7 @@ def fit(
                                                        close_over)
                 continue
             values = np.asarray(values)[:n]
-            if not (np.all(np.isfinite(values)) and bool(_all_finite(new_carry))):
+            if not _chunk_finite(values, new_carry):
                 n_ok, good = _last_good(loop, state[0], base_key, done, n, dynamic)
                 history.append(values[:n_ok])
                 state = (good, done + n_ok)
