@@ -709,8 +709,8 @@ does. Measured on the shrunken AIR (`--quick`, batch 64, two shared cores, one
 run each, ratios within a run): before, stackvi mvd 100 ms/step and 0.5
 GFLOP/step against the hand-written 16 ms and 0.1 GFLOP (6.34×); after,
 14 ms/step against 17 ms (0.83×), both 0.1 GFLOP; the table above measures
-the continuation version at paper size. The same mechanism lets MVD run under IWAE: each branch's cost
-is the IWAE bound itself with `z_pres_t` changed in one particle, so
+the continuation version at paper size. The same mechanism lets MVD run under
+IWAE: each branch's cost is the IWAE bound itself with `z_pres_t` changed in one particle, so
 `iwae+mvd` and `iwae+hybrid` (whose enumerated last step is then
 differentiated by continuation, `Σ_k ∇q(k)·f(k)`) run and are checked
 unbiased against exact enumeration in `tests/models/test_air.py`."""

@@ -206,10 +206,12 @@ print(f"count accuracy {accuracy:.3f}; total time {time.perf_counter() - t_start
 # %% [markdown]
 # After a minute of training on two CPU cores (3,000 steps) the guide counts
 # about 97% of the held-out images right; the errors left are mostly pairs of
-# digits close enough to share one box, and the odd thin "1" left unexplained. `benchmarks/air_counting.py` trains
-# every estimator of the paper on this AIR: MVD, enumeration and the hybrid
-# pass 0.95, REINFORCE lags. The full-size run (`benchmarks/air.py --train-seconds ...`)
-# compares this with REINFORCE, enumeration, the hybrid and Pyro on the same
+# digits close enough to share one box, and the odd thin "1" left unexplained.
+# `benchmarks/air_counting.py` trains every estimator of the paper on this
+# AIR: MVD, enumeration, the hybrid and RWS pass 0.95, plain REINFORCE stalls
+# near 0.6 (with a moving-average baseline it passes 0.95 too, in twice MVD's
+# steps). The full-size run (`benchmarks/air.py --train-seconds ...`) times
+# every estimator and Pyro's at the paper's sizes on the same
 # clock; see `docs/benchmarks.md`.
 
 # %%
