@@ -85,6 +85,7 @@ def test_one_site_unbiased_against_enumeration(c, probs):
     assert_unbiased(grads["a"], jax.grad(exact)(a), f"d/da (C={c}, probs={probs})")
 
 
+@pytest.mark.slow
 def test_variance_below_reinforce():
     """Measured (20,000 keys): Var d/da summed 0.50 (arsm, 10 swaps) vs 3.41 (reinforce);
     mvd is exact here (0, at 5 re-runs), unordered_set k=3 0.34 (docs/strategies.md)."""
