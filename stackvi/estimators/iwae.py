@@ -47,7 +47,7 @@ from stackvi.estimators.signals import LearningSignal
 from stackvi.terms import Terms
 
 __all__ = ["iwae", "check_num_particles", "check_per_datapoint", "data_plates", "plate_sizes",
-           "PerPoint", "per_point_log_weights"]
+           "PerPoint", "per_point_log_weights", "per_point_terms"]
 
 
 def check_num_particles(name: str, num: int, what: str = "num_particles") -> None:
@@ -118,6 +118,24 @@ class PerPoint:
         return LearningSignal(value, signal, self.names)
 
 
+def per_point_terms(terms_fn: Callable, num: int, per_datapoint: bool = True) -> Callable:
+    """``(*args) -> (terms, names, scale)``: ``terms_fn`` (returning :class:`Terms`) run
+    ``num`` times as particles, the per-element layout ``names = (PARTICLES, *data
+    plates)`` and the data plates' subsampling scale: ``terms.per(names) / scale`` are
+    the unscaled per-element sums. With ``per_datapoint=False`` (or no data plate)
+    the layout is ``(PARTICLES,)``: the whole batch is one element, and the scale is 1.
+    """
+
+    def run(*args, **kwargs):
+        sizes = plate_sizes()
+        with sizes:
+            terms = particles(terms_fn, num)(*args, **kwargs)
+        plates = data_plates(terms) if per_datapoint else ()
+        return terms, (PARTICLES, *plates), sizes.scale(plates)
+
+    return run
+
+
 def per_point_log_weights(model: Callable, guide: Callable, num: int,
                           per_datapoint: bool = True) -> Callable:
     """``(*args) -> PerPoint``: K log-weights per element of the data plates.
@@ -127,12 +145,8 @@ def per_point_log_weights(model: Callable, guide: Callable, num: int,
     """
 
     def run(*args, **kwargs):
-        sizes = plate_sizes()
-        with sizes:
-            terms = particles(log_weight(model, guide), num)(*args, **kwargs)
-        plates = data_plates(terms) if per_datapoint else ()
-        scale = sizes.scale(plates)
-        names = (PARTICLES, *plates)
+        terms, names, scale = per_point_terms(log_weight(model, guide), num,
+                                              per_datapoint)(*args, **kwargs)
         return PerPoint(terms.per(names) / scale, names, scale)
 
     return run

@@ -52,14 +52,8 @@ import jax.numpy as jnp
 from numpyro.handlers import substitute, trace
 from numpyro.primitives import Messenger
 
-from stackvi.axes import PARTICLES
 from stackvi.estimators.core import Objective, particles
-from stackvi.estimators.iwae import (
-    check_num_particles,
-    check_per_datapoint,
-    data_plates,
-    plate_sizes,
-)
+from stackvi.estimators.iwae import check_num_particles, check_per_datapoint, per_point_terms
 from stackvi.gradients.scoring import model_density
 from stackvi.handlers.density import trace_terms
 from stackvi.handlers.stop import stop_samples
@@ -132,13 +126,9 @@ def rws(model: Callable, guide: Callable, num_particles: int = 5, *, wake_q: boo
     sg = jax.lax.stop_gradient
 
     def program(*args, **kwargs):
-        sizes = plate_sizes()
-        with sizes:
-            terms = particles(_proposal_terms(model, guide), num_particles)(*args, **kwargs)
-        plates = data_plates(terms) if per_datapoint else ()
+        terms, names, scale = per_point_terms(_proposal_terms(model, guide), num_particles,
+                                              per_datapoint)(*args, **kwargs)
         # Per element: unscaled inside the weights, the subsampling scale outside.
-        scale = sizes.scale(plates)
-        names = (PARTICLES, *plates)
         log_p = _part(terms, "p:").per(names) / scale    # (K, *plate sizes)
         log_q = _part(terms, "q:").per(names) / scale
         log_w = sg(log_p - log_q)
