@@ -126,6 +126,8 @@ def test_vimco_and_dreg_values_are_the_per_point_iwae():
 def test_per_datapoint_must_be_a_bool():
     with pytest.raises(TypeError, match="per_datapoint must be True"):
         estimators.iwae(model, guide, 2, per_datapoint="yes")
+    with pytest.raises(TypeError, match="rws: per_datapoint must be True"):
+        estimators.rws(model, guide, 2, per_datapoint=1)
 
 
 # --------------------------------------------------------------------------- score function
